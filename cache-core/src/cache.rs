@@ -1,0 +1,544 @@
+//! [`ApiKeyCache`]: the verification path over L1 (moka), L2 (Redis) and
+//! the store.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use apikey_cache::{ApiKeyCache, CacheConfig, KeyAdmin, MemoryStore, NewKey, Outcome, RequiredScopes};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store = Arc::new(MemoryStore::new());
+//! let cache = ApiKeyCache::new(CacheConfig::default(), store.clone())?;
+//! let created = store.create_key(cache.hasher(), NewKey::new("acme", ["orders:*"])).await?;
+//!
+//! let read = RequiredScopes::new(["orders:read"]);
+//! let outcome = cache.verify_key(&created.plaintext, &read).await;
+//! assert!(outcome.is_valid());
+//! assert_eq!(cache.verify_key("ak_unknown", &read).await, Outcome::Unknown);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # How a request is answered
+//!
+//! 1. The key is extracted and checked (length, bytes), then hashed.
+//! 2. In `database_only` mode the store is asked directly, every time.
+//! 3. Otherwise L1 answers if it holds the hash (found or known-unknown).
+//! 4. On an L1 miss, one caller per hash (single flight) reads L2, then the
+//!    store; the result fills L2 (`SET NX`) and L1. Concurrent callers wait
+//!    for that result.
+//! 5. The record is judged at request time: status, `expires_at` against the
+//!    clock, scopes. A cached record is never trusted past its expiry.
+//!
+//! A store failure with nothing cached answers [`Outcome::Unavailable`]:
+//! the cache fails closed.
+//!
+//! # Invalidation and the refill race
+//!
+//! A load that read a record before it was revoked may finish after the
+//! revocation's `invalidate`. Two guards keep it from writing the old
+//! record back:
+//!
+//! * L2: `invalidate` overwrites the entry with a tombstone (lifetime
+//!   `tombstone_ttl`, longer than any load may take), and fills use `SET NX`,
+//!   so a late fill finds the key taken and writes nothing.
+//! * L1: every invalidation bumps a generation counter *before* removing the
+//!   entry. A loader inserts into L1 and *then* re-reads the counter; if it
+//!   moved since the load began, the loader removes what it inserted. Either
+//!   the invalidation's removal runs after the insert, or the loader sees the
+//!   bump; the old record cannot survive both.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::codec;
+use crate::flight::{self, Flights, Role};
+use crate::l1::{lifetime_until, Entry, L1};
+use crate::l2::{L2Read, L2};
+use crate::stats::{CacheStats, Stats};
+use crate::{
+    check_key, CacheConfig, Clock, Extracted, HeaderSource, KeyExtractor, KeyHash, KeyHasher,
+    KeyId, KeyRecord, KeyStatus, KeyStore, Mode, Outcome, RequiredScopes, StoreError, SystemClock,
+    VerifiedKey,
+};
+
+/// The cache could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The Redis URL was rejected by the Redis client.
+    #[error("invalid redis configuration: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// An invalidation could not reach every tier.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidateError {
+    /// The local entry was dropped but Redis could not be updated; other
+    /// instances may keep serving the old record from Redis until its TTL.
+    /// Retry the call.
+    #[error("redis could not be updated: {0}")]
+    Redis(String),
+    /// The store could not say which hash the key id has.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The result a load shares with everyone waiting on it; `Err` means the
+/// store failed and nothing cached could answer.
+type Loaded = Result<Entry, ()>;
+
+struct Inner {
+    config: CacheConfig,
+    store: Arc<dyn KeyStore>,
+    hasher: KeyHasher,
+    extractor: KeyExtractor,
+    clock: Arc<dyn Clock>,
+    l1: L1,
+    l2: Option<Arc<L2>>,
+    flights: Flights<Loaded>,
+    /// Bumped by every invalidation; see the module docs.
+    generation: AtomicU64,
+    mode: AtomicU8,
+    stats: Stats,
+}
+
+/// Verifies API keys through an in-process cache, Redis and the store.
+/// Cheap to clone: clones share one cache.
+#[derive(Clone)]
+pub struct ApiKeyCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ApiKeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyCache")
+            .field("config", &self.inner.config)
+            .field("mode", &self.mode())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builder for [`ApiKeyCache`], for the parts that are not plain
+/// configuration (clock, key extractor).
+///
+/// ```
+/// use std::sync::Arc;
+/// use apikey_cache::{ApiKeyCache, CacheConfig, KeyExtractor, KeySource, MemoryStore, SystemClock};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let cache = ApiKeyCache::builder(Arc::new(MemoryStore::new()))
+///     .config(CacheConfig::default())
+///     .extractor(KeyExtractor::new(vec![KeySource::Header("x-api-key".into())]))
+///     .clock(Arc::new(SystemClock))
+///     .build()
+///     .unwrap();
+/// # });
+/// ```
+pub struct ApiKeyCacheBuilder {
+    store: Arc<dyn KeyStore>,
+    config: CacheConfig,
+    clock: Arc<dyn Clock>,
+    extractor: KeyExtractor,
+}
+
+impl ApiKeyCacheBuilder {
+    /// Sets the configuration (default: [`CacheConfig::default`]).
+    pub fn config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the clock expiry is judged against (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets where keys are looked for (default: `Authorization: Bearer`,
+    /// then `X-API-Key`).
+    pub fn extractor(mut self, extractor: KeyExtractor) -> Self {
+        self.extractor = extractor;
+        self
+    }
+
+    /// Builds the cache. Must be called inside a Tokio runtime when Redis is
+    /// configured (background tasks are spawned); does not wait for Redis.
+    pub fn build(self) -> Result<ApiKeyCache, BuildError> {
+        let c = &self.config;
+        let l1 = L1::new(c.l1_capacity, c.l1_ttl, c.negative_ttl, self.clock.clone());
+        let l2 = match &c.redis_url {
+            Some(url) => Some(L2::new(url, c)?),
+            None => None,
+        };
+        let hasher = KeyHasher::new(c.pepper.as_deref().map(str::as_bytes));
+        let mode = mode_to_u8(c.mode);
+        Ok(ApiKeyCache {
+            inner: Arc::new(Inner {
+                hasher,
+                extractor: self.extractor,
+                clock: self.clock,
+                l1,
+                l2,
+                flights: Flights::new(),
+                generation: AtomicU64::new(0),
+                mode: AtomicU8::new(mode),
+                stats: Stats::default(),
+                store: self.store,
+                config: self.config,
+            }),
+        })
+    }
+}
+
+const fn mode_to_u8(mode: Mode) -> u8 {
+    match mode {
+        Mode::Normal => 0,
+        Mode::DatabaseOnly => 1,
+    }
+}
+
+impl ApiKeyCache {
+    /// A cache over `store` with `config` and the system clock.
+    pub fn new(config: CacheConfig, store: Arc<dyn KeyStore>) -> Result<Self, BuildError> {
+        Self::builder(store).config(config).build()
+    }
+
+    /// A builder over `store`.
+    pub fn builder(store: Arc<dyn KeyStore>) -> ApiKeyCacheBuilder {
+        ApiKeyCacheBuilder {
+            store,
+            config: CacheConfig::default(),
+            clock: Arc::new(SystemClock),
+            extractor: KeyExtractor::default(),
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// The hasher (with the configured pepper): use it to issue keys.
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.inner.hasher
+    }
+
+    /// The key extractor.
+    pub fn extractor(&self) -> &KeyExtractor {
+        &self.inner.extractor
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.inner.store
+    }
+
+    /// Hashes a presented key.
+    pub fn hash_key(&self, key: &str) -> KeyHash {
+        self.inner.hasher.hash(key.as_bytes())
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        match self.inner.mode.load(Ordering::Acquire) {
+            0 => Mode::Normal,
+            _ => Mode::DatabaseOnly,
+        }
+    }
+
+    /// Switches this instance's mode. Leaving `database_only` clears L1,
+    /// since invalidations were not tracked while the caches were bypassed.
+    pub fn set_mode(&self, mode: Mode) {
+        let old = self.inner.mode.swap(mode_to_u8(mode), Ordering::AcqRel);
+        if old != mode_to_u8(mode) {
+            tracing::warn!(mode = mode.as_str(), "apikey cache mode changed");
+            if mode == Mode::Normal {
+                self.clear_local();
+            }
+        }
+    }
+
+    /// Verifies the key found in a request's headers.
+    pub async fn verify<R: HeaderSource + ?Sized>(
+        &self,
+        req: &R,
+        required: &RequiredScopes,
+    ) -> Outcome {
+        match self.inner.extractor.extract(req) {
+            Extracted::Key(key) => self.verify_hash(self.hash_key(key), required).await,
+            Extracted::Missing => Outcome::Missing,
+            Extracted::Malformed(m) => Outcome::Malformed(m),
+        }
+    }
+
+    /// Verifies a bare key (already taken out of its header).
+    pub async fn verify_key(&self, key: &str, required: &RequiredScopes) -> Outcome {
+        match check_key(key.as_bytes()) {
+            Extracted::Key(key) => self.verify_hash(self.hash_key(key), required).await,
+            Extracted::Missing => Outcome::Missing,
+            Extracted::Malformed(m) => Outcome::Malformed(m),
+        }
+    }
+
+    /// Verifies a key by its hash.
+    pub async fn verify_hash(&self, hash: KeyHash, required: &RequiredScopes) -> Outcome {
+        if let Some(outcome) = self.verify_cached(&hash, required) {
+            return outcome;
+        }
+        if self.mode() == Mode::DatabaseOnly {
+            return self.verify_from_store(&hash, required).await;
+        }
+        match self.load(hash).await {
+            Ok(entry) => self.judge(&entry, required),
+            Err(()) => Outcome::Unavailable,
+        }
+    }
+
+    /// The answer from L1 alone, without awaiting anything; `None` when L1
+    /// cannot answer (a miss, or `database_only` mode). Web adapters call
+    /// this first so the common case needs no future of its own.
+    #[inline]
+    pub fn verify_cached(&self, hash: &KeyHash, required: &RequiredScopes) -> Option<Outcome> {
+        let inner = &*self.inner;
+        if inner.mode.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        match inner.l1.get(hash) {
+            Some(entry) => {
+                inner.stats.l1_hits.incr();
+                Some(self.judge(&entry, required))
+            }
+            None => {
+                inner.stats.l1_misses.incr();
+                None
+            }
+        }
+    }
+
+    /// Judges a record now: status, expiry, scopes.
+    fn judge(&self, entry: &Entry, required: &RequiredScopes) -> Outcome {
+        let record = match entry {
+            Entry::NotFound => return Outcome::Unknown,
+            Entry::Found(r) => r,
+        };
+        match record.status {
+            KeyStatus::Active => {}
+            KeyStatus::Revoked => return Outcome::Revoked,
+            KeyStatus::Disabled => return Outcome::Disabled,
+        }
+        if let Some(at) = record.expires_at {
+            if self.inner.clock.now() >= at {
+                return Outcome::Expired;
+            }
+        }
+        if !record.scopes.grants_all(required) {
+            return Outcome::InsufficientScope {
+                missing: record.scopes.missing(required),
+            };
+        }
+        Outcome::Valid(VerifiedKey::new(record.clone()))
+    }
+
+    async fn verify_from_store(&self, hash: &KeyHash, required: &RequiredScopes) -> Outcome {
+        match self.query_store(hash).await {
+            Ok(Some(record)) => self.judge(&Entry::Found(Arc::new(record)), required),
+            Ok(None) => Outcome::Unknown,
+            Err(()) => Outcome::Unavailable,
+        }
+    }
+
+    /// L1 missed: join or lead the single flight for `hash`.
+    async fn load(&self, hash: KeyHash) -> Loaded {
+        loop {
+            match self.inner.flights.join(hash) {
+                Role::Leader(leader) => {
+                    let loaded = self.lead(hash).await;
+                    leader.finish(loaded.clone());
+                    return loaded;
+                }
+                Role::Follower(rx) => {
+                    if let Some(loaded) = flight::wait(rx).await {
+                        return loaded;
+                    }
+                    // The leader's request was cancelled: take over.
+                }
+            }
+        }
+    }
+
+    /// Loads `hash` from L2, then the store, filling the tiers.
+    async fn lead(&self, hash: KeyHash) -> Loaded {
+        let inner = &*self.inner;
+        let generation = inner.generation.load(Ordering::SeqCst);
+        let mut tombstoned = false;
+        if let Some(l2) = &inner.l2 {
+            match l2.get(&hash).await {
+                L2Read::Found(record) => {
+                    let entry = Entry::Found(Arc::from(record));
+                    self.fill_l1(hash, entry.clone(), generation);
+                    return Ok(entry);
+                }
+                L2Read::NotFound => {
+                    self.fill_l1(hash, Entry::NotFound, generation);
+                    return Ok(Entry::NotFound);
+                }
+                L2Read::Tombstone => tombstoned = true,
+                L2Read::Miss => {}
+            }
+        }
+        let entry = match self.query_store(&hash).await {
+            Ok(Some(record)) => Entry::Found(Arc::new(record)),
+            Ok(None) => Entry::NotFound,
+            Err(()) => return Err(()),
+        };
+        if let (Some(l2), false) = (&inner.l2, tombstoned) {
+            // A load that raced an invalidation must not refill Redis; the
+            // tombstone + SET NX guard covers the rest (see module docs).
+            if inner.generation.load(Ordering::SeqCst) == generation {
+                let (value, ttl) = match &entry {
+                    Entry::Found(r) => (
+                        codec::encode_found(r),
+                        lifetime_until(r, inner.config.l2_ttl, &*inner.clock),
+                    ),
+                    Entry::NotFound => (codec::encode_not_found(), inner.config.negative_ttl),
+                };
+                l2.fill(&hash, value, ttl).await;
+            }
+        }
+        self.fill_l1(hash, entry.clone(), generation);
+        Ok(entry)
+    }
+
+    fn fill_l1(&self, hash: KeyHash, entry: Entry, generation: u64) {
+        let inner = &*self.inner;
+        if let Entry::Found(r) = &entry {
+            if r.is_expired_at(inner.clock.now()) {
+                // Expired is final until the store says otherwise; keeping
+                // it would outlive `expires_at`.
+                return;
+            }
+        }
+        inner.l1.insert(hash, entry);
+        if inner.generation.load(Ordering::SeqCst) != generation {
+            inner.l1.remove(&hash);
+        }
+    }
+
+    async fn query_store(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ()> {
+        let inner = &*self.inner;
+        inner.stats.store_queries.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(inner.config.store_timeout, inner.store.find_by_hash(hash)).await;
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        inner.stats.store_latency_us.store(us, Ordering::Relaxed);
+        match result {
+            Ok(Ok(Some(record))) if record.hash != *hash => {
+                inner.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(key = %hash.fingerprint(), "store returned a record for another hash");
+                Err(())
+            }
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => {
+                inner.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %hash.fingerprint(), error = %e, "key store lookup failed");
+                Err(())
+            }
+            Err(_) => {
+                inner.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %hash.fingerprint(), "key store lookup timed out");
+                Err(())
+            }
+        }
+    }
+
+    /// Drops `hash` from every tier: this instance's L1 at once, and Redis
+    /// (replaced by a tombstone that blocks refills for `tombstone_ttl`).
+    ///
+    /// Call it after changing a key in the store. On `Err`, the local entry
+    /// is gone but Redis may still hold the old record: retry.
+    pub async fn invalidate(&self, hash: &KeyHash) -> Result<(), InvalidateError> {
+        self.invalidate_local(hash);
+        match &self.inner.l2 {
+            Some(l2) => l2
+                .tombstone(hash, self.inner.config.tombstone_ttl)
+                .await
+                .map_err(|e| InvalidateError::Redis(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// [`invalidate`](Self::invalidate) by key id (one store lookup for the
+    /// hash). Unknown ids are not an error: there is nothing to drop.
+    pub async fn invalidate_key_id(&self, id: &KeyId) -> Result<(), InvalidateError> {
+        let record = tokio::time::timeout(
+            self.inner.config.store_timeout,
+            self.inner.store.find_by_id(id),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)??;
+        match record {
+            Some(r) => self.invalidate(&r.hash).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Drops `hash` from this instance's L1 only.
+    pub(crate) fn invalidate_local(&self, hash: &KeyHash) {
+        let inner = &*self.inner;
+        inner.generation.fetch_add(1, Ordering::SeqCst);
+        inner.flights.forget(hash);
+        inner.l1.remove(hash);
+    }
+
+    /// Empties this instance's L1.
+    pub(crate) fn clear_local(&self) {
+        let inner = &*self.inner;
+        inner.generation.fetch_add(1, Ordering::SeqCst);
+        inner.flights.forget_all();
+        inner.l1.clear();
+    }
+
+    /// Counters and tier state.
+    pub fn stats(&self) -> CacheStats {
+        let inner = &*self.inner;
+        let l2 = inner.l2.as_deref();
+        let ms =
+            |us: &AtomicU64| Duration::from_micros(us.load(Ordering::Relaxed)).as_secs_f64() * 1e3;
+        let l2_count = |f: fn(&L2) -> &AtomicU64| l2.map_or(0, |l2| f(l2).load(Ordering::Relaxed));
+        CacheStats {
+            l1_entries: inner.l1.entry_count(),
+            l1_hits: inner.stats.l1_hits.get(),
+            l1_misses: inner.stats.l1_misses.get(),
+            l2_hits: l2_count(|l2| &l2.stats.hits),
+            l2_misses: l2_count(|l2| &l2.stats.misses),
+            l2_errors: l2_count(|l2| &l2.stats.errors),
+            l2_bad_values: l2_count(|l2| &l2.stats.bad_values),
+            l2_breaker: l2.map(L2::breaker_state),
+            l2_latency_ms: l2.map_or(0.0, |l2| ms(&l2.stats.last_latency_us)),
+            store_queries: inner.stats.store_queries.load(Ordering::Relaxed),
+            store_errors: inner.stats.store_errors.load(Ordering::Relaxed),
+            store_latency_ms: ms(&inner.stats.store_latency_us),
+        }
+    }
+
+    /// Entries in L1 after running moka's pending maintenance: exact, for
+    /// tests and health checks.
+    pub fn l1_entry_count_exact(&self) -> u64 {
+        self.inner.l1.sync();
+        self.inner.l1.entry_count()
+    }
+
+    /// Negative ("no such key") entries in L1: scans L1, so call it at most
+    /// about once a second (health checks).
+    pub fn l1_negative_entries(&self) -> u64 {
+        self.inner.l1.negative_count()
+    }
+
+    /// Drops this instance's whole L1 (Redis is left alone).
+    pub fn clear_l1(&self) {
+        self.clear_local();
+    }
+}

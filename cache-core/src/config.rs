@@ -1,0 +1,428 @@
+//! Configuration: a builder with the design's defaults, and `from_env()`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use apikey_cache::{CacheConfig, Mode};
+//!
+//! let config = CacheConfig::builder()
+//!     .redis_url("redis://127.0.0.1:6379")
+//!     .l1_ttl(Duration::from_secs(30))
+//!     .build()?;
+//! assert_eq!(config.mode, Mode::Normal);
+//! assert_eq!(config.negative_ttl, Duration::from_secs(30));
+//!
+//! let from_env = CacheConfig::from_vars([("APIKEY_CACHE_L1_TTL", "2m")])?;
+//! assert_eq!(from_env.l1_ttl, Duration::from_secs(120));
+//! # Ok::<(), apikey_cache::ConfigError>(())
+//! ```
+//!
+//! | variable (`APIKEY_CACHE_` + ) | default | meaning |
+//! | --- | --- | --- |
+//! | `REDIS_URL` | none (L1 only) | `redis://` or `rediss://` URL of the shared cache |
+//! | `KEY_PREFIX` | `apikey-cache:` | prefix of every Redis key and channel |
+//! | `MODE` | `normal` | `normal` or `database_only` |
+//! | `L1_CAPACITY` | `100000` | in-process entries |
+//! | `L1_TTL` | `60s` | in-process entry lifetime (staleness bound if invalidations are lost) |
+//! | `L2_TTL` | `300s` | Redis entry lifetime |
+//! | `NEGATIVE_TTL` | `30s` | lifetime of "no such key" entries in both tiers |
+//! | `REDIS_TIMEOUT` | `50ms` | budget of every Redis command |
+//! | `REDIS_CONNECT_TIMEOUT` | `250ms` | budget of one connection attempt |
+//! | `STORE_TIMEOUT` | `2s` | budget of one store query |
+//! | `TOMBSTONE_TTL` | `10s` | how long an invalidated key blocks Redis refills |
+//! | `BREAKER_THRESHOLD` | `5` | consecutive Redis failures that open the breaker |
+//! | `BREAKER_COOLDOWN` | `10s` | wait before probing Redis again |
+//! | `PEPPER` | none | HMAC pepper for key hashes |
+//!
+//! Durations are written `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Whether the caches are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// L1, then L2, then the store.
+    #[default]
+    Normal,
+    /// Emergency mode: every request asks the store; caches are neither read
+    /// nor written.
+    DatabaseOnly,
+}
+
+impl Mode {
+    /// `normal` or `database_only`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::DatabaseOnly => "database_only",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "normal" => Ok(Self::Normal),
+            "database_only" | "database-only" => Ok(Self::DatabaseOnly),
+            _ => Err(ConfigError::Invalid {
+                name: "MODE",
+                value: s.to_owned(),
+                expected: "normal or database_only",
+            }),
+        }
+    }
+}
+
+/// A configuration value could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting had a value of the wrong form.
+    #[error("APIKEY_CACHE_{name}={value:?}: expected {expected}")]
+    Invalid {
+        /// Setting name without the `APIKEY_CACHE_` prefix.
+        name: &'static str,
+        /// The offending value (never a secret: the pepper is not echoed).
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+}
+
+/// Every knob of the cache. Build it with [`CacheConfig::builder`] or
+/// [`CacheConfig::from_env`]; fields may be added in minor releases.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// Redis URL of the shared tier; `None` = in-process cache only.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    pub key_prefix: String,
+    /// Mode at start.
+    pub mode: Mode,
+    /// Maximum in-process entries.
+    pub l1_capacity: u64,
+    /// In-process entry lifetime.
+    pub l1_ttl: Duration,
+    /// Redis entry lifetime.
+    pub l2_ttl: Duration,
+    /// Lifetime of "no such key" entries.
+    pub negative_ttl: Duration,
+    /// Budget of every Redis command.
+    pub redis_timeout: Duration,
+    /// Budget of one Redis connection attempt.
+    pub redis_connect_timeout: Duration,
+    /// Budget of one store query.
+    pub store_timeout: Duration,
+    /// How long an invalidation blocks Redis refills of that key.
+    pub tombstone_ttl: Duration,
+    /// Consecutive Redis failures that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// Wait before probing Redis again once the breaker is open.
+    pub breaker_cooldown: Duration,
+    /// HMAC pepper for key hashes.
+    pub pepper: Option<String>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: "apikey-cache:".to_owned(),
+            mode: Mode::Normal,
+            l1_capacity: 100_000,
+            l1_ttl: Duration::from_secs(60),
+            l2_ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(30),
+            redis_timeout: Duration::from_millis(50),
+            redis_connect_timeout: Duration::from_millis(250),
+            store_timeout: Duration::from_secs(2),
+            tombstone_ttl: Duration::from_secs(10),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(10),
+            pepper: None,
+        }
+    }
+}
+
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("mode", &self.mode)
+            .field("l1_capacity", &self.l1_capacity)
+            .field("l1_ttl", &self.l1_ttl)
+            .field("l2_ttl", &self.l2_ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("redis_connect_timeout", &self.redis_connect_timeout)
+            .field("store_timeout", &self.store_timeout)
+            .field("tombstone_ttl", &self.tombstone_ttl)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("pepper", &self.pepper.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `redis://user:secret@host` -> `redis://user:***@host`.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl CacheConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> CacheConfigBuilder {
+        CacheConfigBuilder(Self::default())
+    }
+
+    /// Reads `APIKEY_CACHE_*` from the process environment; unset variables
+    /// keep their defaults.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Like [`from_env`](Self::from_env), from any list of variables (names
+    /// with the `APIKEY_CACHE_` prefix; others are ignored).
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut c = Self::default();
+        for (k, v) in vars {
+            let Some(name) = k.as_ref().strip_prefix("APIKEY_CACHE_") else {
+                continue;
+            };
+            let v = v.as_ref();
+            match name {
+                "REDIS_URL" => c.redis_url = (!v.trim().is_empty()).then(|| v.trim().to_owned()),
+                "KEY_PREFIX" => c.key_prefix = v.to_owned(),
+                "MODE" => c.mode = v.parse()?,
+                "L1_CAPACITY" => c.l1_capacity = parse_num("L1_CAPACITY", v)?,
+                "L1_TTL" => c.l1_ttl = parse_duration_var("L1_TTL", v)?,
+                "L2_TTL" => c.l2_ttl = parse_duration_var("L2_TTL", v)?,
+                "NEGATIVE_TTL" => c.negative_ttl = parse_duration_var("NEGATIVE_TTL", v)?,
+                "REDIS_TIMEOUT" => c.redis_timeout = parse_duration_var("REDIS_TIMEOUT", v)?,
+                "REDIS_CONNECT_TIMEOUT" => {
+                    c.redis_connect_timeout = parse_duration_var("REDIS_CONNECT_TIMEOUT", v)?
+                }
+                "STORE_TIMEOUT" => c.store_timeout = parse_duration_var("STORE_TIMEOUT", v)?,
+                "TOMBSTONE_TTL" => c.tombstone_ttl = parse_duration_var("TOMBSTONE_TTL", v)?,
+                "BREAKER_THRESHOLD" => {
+                    c.breaker_threshold = parse_num::<u32>("BREAKER_THRESHOLD", v)?.max(1)
+                }
+                "BREAKER_COOLDOWN" => {
+                    c.breaker_cooldown = parse_duration_var("BREAKER_COOLDOWN", v)?
+                }
+                "PEPPER" => c.pepper = (!v.is_empty()).then(|| v.to_owned()),
+                _ => {}
+            }
+        }
+        c.validate()
+    }
+
+    fn validate(self) -> Result<Self, ConfigError> {
+        if let Some(url) = &self.redis_url {
+            let scheme = url.split("://").next().unwrap_or("");
+            if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") || !url.contains("://")
+            {
+                return Err(ConfigError::Invalid {
+                    name: "REDIS_URL",
+                    value: redact_url(url),
+                    expected: "a redis://, rediss:// or redis+unix:// URL",
+                });
+            }
+        }
+        if self.l1_capacity == 0 {
+            return Err(ConfigError::Invalid {
+                name: "L1_CAPACITY",
+                value: "0".into(),
+                expected: "at least 1",
+            });
+        }
+        Ok(self)
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, ConfigError> {
+    v.trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| ConfigError::Invalid {
+            name,
+            value: v.to_owned(),
+            expected: "a non-negative integer",
+        })
+}
+
+fn parse_duration_var(name: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    parse_duration(v).ok_or_else(|| ConfigError::Invalid {
+        name,
+        value: v.to_owned(),
+        expected: "a duration such as 500ms, 30s, 5m or 1h",
+    })
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `2d` or a bare number of seconds.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(apikey_cache::parse_duration("5m"), Some(Duration::from_secs(300)));
+/// assert_eq!(apikey_cache::parse_duration("250ms"), Some(Duration::from_millis(250)));
+/// assert_eq!(apikey_cache::parse_duration("soon"), None);
+/// ```
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    match unit.trim() {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    }
+}
+
+/// Builder for [`CacheConfig`]; every setter takes and returns `Self`.
+#[derive(Debug, Clone)]
+pub struct CacheConfigBuilder(CacheConfig);
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.0.$name = value;
+                self
+            }
+        )*
+    };
+}
+
+impl CacheConfigBuilder {
+    /// Uses Redis at `url` as the shared tier.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.0.redis_url = Some(url.into());
+        self
+    }
+
+    /// Prefix of every Redis key and channel.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.0.key_prefix = prefix.into();
+        self
+    }
+
+    /// HMAC pepper for key hashes.
+    pub fn pepper(mut self, pepper: impl Into<String>) -> Self {
+        self.0.pepper = Some(pepper.into());
+        self
+    }
+
+    setters! {
+        /// Mode at start.
+        mode: Mode,
+        /// Maximum in-process entries.
+        l1_capacity: u64,
+        /// In-process entry lifetime.
+        l1_ttl: Duration,
+        /// Redis entry lifetime.
+        l2_ttl: Duration,
+        /// Lifetime of "no such key" entries.
+        negative_ttl: Duration,
+        /// Budget of every Redis command.
+        redis_timeout: Duration,
+        /// Budget of one Redis connection attempt.
+        redis_connect_timeout: Duration,
+        /// Budget of one store query.
+        store_timeout: Duration,
+        /// How long an invalidation blocks Redis refills of that key.
+        tombstone_ttl: Duration,
+        /// Consecutive Redis failures that open the breaker.
+        breaker_threshold: u32,
+        /// Wait before probing Redis again.
+        breaker_cooldown: Duration,
+    }
+
+    /// Checks and returns the configuration.
+    pub fn build(self) -> Result<CacheConfig, ConfigError> {
+        self.0.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_defaults() {
+        let c = CacheConfig::from_vars([
+            (
+                "APIKEY_CACHE_REDIS_URL",
+                "rediss://u:pw@redis.internal:6380/0",
+            ),
+            ("APIKEY_CACHE_MODE", "database_only"),
+            ("APIKEY_CACHE_L1_CAPACITY", "10_000"),
+            ("APIKEY_CACHE_REDIS_TIMEOUT", "20ms"),
+            ("APIKEY_CACHE_NEGATIVE_TTL", "5"),
+            ("APIKEY_CACHE_PEPPER", "s3cret"),
+            ("UNRELATED", "x"),
+        ])
+        .unwrap();
+        assert_eq!(c.mode, Mode::DatabaseOnly);
+        assert_eq!(c.l1_capacity, 10_000);
+        assert_eq!(c.redis_timeout, Duration::from_millis(20));
+        assert_eq!(c.negative_ttl, Duration::from_secs(5));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret") && !dbg.contains("pw@"), "{dbg}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for (k, v) in [
+            ("APIKEY_CACHE_L1_TTL", "forever"),
+            ("APIKEY_CACHE_MODE", "chaos"),
+            ("APIKEY_CACHE_L1_CAPACITY", "-1"),
+            ("APIKEY_CACHE_REDIS_URL", "http://x"),
+            ("APIKEY_CACHE_L1_CAPACITY", "0"),
+        ] {
+            assert!(CacheConfig::from_vars([(k, v)]).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration(" 10s "), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10 s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("1.5s"), None);
+        assert_eq!(parse_duration("99999999999999999999d"), None);
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_url("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+    }
+}

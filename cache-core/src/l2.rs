@@ -1,0 +1,244 @@
+//! The shared tier: Redis, behind a timeout on every call and a breaker.
+//!
+//! The connection is made lazily and never retried inside a request: the
+//! `ConnectionManager` gets zero reconnect retries so a dead Redis fails at
+//! once instead of waiting out a back-off, and each call is capped at
+//! `redis_timeout`. After `breaker_threshold` consecutive failures the
+//! breaker opens and requests skip Redis; a background task probes it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::codec::{self, Decoded};
+use crate::{CacheConfig, KeyHash};
+
+/// What a read from Redis found.
+#[derive(Debug)]
+pub(crate) enum L2Read {
+    Found(Box<crate::KeyRecord>),
+    NotFound,
+    /// Recently invalidated: ask the store, do not refill.
+    Tombstone,
+    /// Absent, undecodable, or Redis unavailable: ask the store.
+    Miss,
+}
+
+/// Failure of one Redis call.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum L2Error {
+    #[error("redis call skipped: circuit breaker open")]
+    BreakerOpen,
+    #[error("redis call timed out")]
+    Timeout,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+#[derive(Default)]
+pub(crate) struct L2Stats {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) bad_values: AtomicU64,
+    /// Latency of the last successful call, in microseconds.
+    pub(crate) last_latency_us: AtomicU64,
+}
+
+pub(crate) struct L2 {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    probe_timeout: Duration,
+    cooldown: Duration,
+    pub(crate) breaker: Breaker,
+    pub(crate) stats: L2Stats,
+}
+
+impl L2 {
+    /// Creates the tier without connecting; spawns the breaker's prober.
+    /// Must run inside a Tokio runtime.
+    pub(crate) fn new(url: &str, config: &CacheConfig) -> Result<Arc<Self>, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(config.redis_connect_timeout))
+            .set_response_timeout(Some(config.redis_timeout));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let l2 = Arc::new(Self {
+            conn,
+            prefix: config.key_prefix.clone(),
+            timeout: config.redis_timeout,
+            probe_timeout: config.redis_connect_timeout + config.redis_timeout,
+            cooldown: config.breaker_cooldown,
+            breaker: Breaker::new(config.breaker_threshold),
+            stats: L2Stats::default(),
+        });
+        tokio::spawn(probe_loop(Arc::downgrade(&l2)));
+        // Warm the connection off the request path, with the connect budget.
+        let warm = Arc::downgrade(&l2);
+        tokio::spawn(async move {
+            if let Some(l2) = warm.upgrade() {
+                if l2.ping(l2.probe_timeout).await.is_err() {
+                    l2.breaker.on_failure();
+                }
+            }
+        });
+        Ok(l2)
+    }
+
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub(crate) fn entry_key(&self, hash: &KeyHash) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + 4 + 64);
+        k.push_str(&self.prefix);
+        k.push_str("key:");
+        k.push_str(&hash.to_hex());
+        k
+    }
+
+    /// Runs one command under the timeout and the breaker.
+    pub(crate) async fn call<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, L2Error> {
+        if !self.breaker.allows() {
+            return Err(L2Error::BreakerOpen);
+        }
+        let mut conn = self.conn.clone();
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(L2Error::Redis(e)),
+            Err(_) => Err(L2Error::Timeout),
+        };
+        match &result {
+            Ok(_) => {
+                self.breaker.on_success();
+                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.stats.last_latency_us.store(us, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "redis call failed");
+                self.breaker.on_failure();
+            }
+        }
+        result
+    }
+
+    async fn ping(&self, budget: Duration) -> Result<(), L2Error> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(budget, redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(L2Error::Redis(e)),
+            Err(_) => Err(L2Error::Timeout),
+        }
+    }
+
+    /// Reads the entry for `hash`. Errors and bad values are misses.
+    pub(crate) async fn get(&self, hash: &KeyHash) -> L2Read {
+        let key = self.entry_key(hash);
+        let bytes: Option<Vec<u8>> = match self.call(redis::cmd("GET").arg(&key)).await {
+            Ok(v) => v,
+            Err(_) => return L2Read::Miss,
+        };
+        let Some(bytes) = bytes else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return L2Read::Miss;
+        };
+        match codec::decode(&bytes) {
+            Decoded::Found(r) if r.hash == *hash => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                L2Read::Found(r)
+            }
+            Decoded::NotFound => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                L2Read::NotFound
+            }
+            Decoded::Tombstone => {
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                L2Read::Tombstone
+            }
+            Decoded::Found(_) | Decoded::Bad => {
+                self.stats.bad_values.fetch_add(1, Ordering::Relaxed);
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %hash.fingerprint(), "undecodable value in redis, treated as a miss");
+                L2Read::Miss
+            }
+        }
+    }
+
+    /// Stores `value` unless the key exists (`SET NX`): a tombstone written
+    /// by an invalidation blocks fills that raced it.
+    pub(crate) async fn fill(&self, hash: &KeyHash, value: Vec<u8>, ttl: Duration) {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return;
+        }
+        let key = self.entry_key(hash);
+        let _ = self
+            .call::<Option<String>>(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms),
+            )
+            .await;
+    }
+
+    /// Replaces the entry with a tombstone that blocks refills for `ttl`.
+    pub(crate) async fn tombstone(&self, hash: &KeyHash, ttl: Duration) -> Result<(), L2Error> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let key = self.entry_key(hash);
+        self.call::<()>(
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(codec::encode_tombstone())
+                .arg("PX")
+                .arg(ms),
+        )
+        .await
+    }
+}
+
+/// Waits for the breaker to open, then probes after each cool-down until a
+/// probe succeeds. Ends when the tier is dropped.
+async fn probe_loop(l2: Weak<L2>) {
+    loop {
+        let Some(strong) = l2.upgrade() else { return };
+        let cooldown = strong.cooldown;
+        if strong.breaker.allows() {
+            // Hold only a weak reference while idle, so dropping the cache
+            // ends this task; re-check periodically in case the drop happened.
+            let opened = async { strong.breaker.opened.notified().await };
+            tokio::select! {
+                _ = opened => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            drop(strong);
+            continue;
+        }
+        drop(strong);
+        tokio::time::sleep(cooldown).await;
+        let Some(strong) = l2.upgrade() else { return };
+        strong.breaker.begin_probe();
+        match strong.ping(strong.probe_timeout).await {
+            Ok(()) => strong.breaker.probe_succeeded(),
+            Err(e) => {
+                tracing::debug!(error = %e, "redis probe failed");
+                strong.breaker.probe_failed();
+            }
+        }
+    }
+}

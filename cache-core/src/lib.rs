@@ -1,0 +1,96 @@
+//! apikey-cache: authenticate API keys on every request without a database
+//! round trip.
+//!
+//! The database stays the source of truth. This crate keeps validation
+//! results in an in-process cache (moka, "L1") and a shared cache (Redis,
+//! "L2"), judges every cached record at request time (status, expiry,
+//! scopes), and fails closed when it cannot know.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use apikey_cache::{ApiKeyCache, CacheConfig, KeyAdmin, NewKey, RequiredScopes, SqliteStore};
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! // The store is your database; SQLite and PostgreSQL stores come with the crate.
+//! let store = Arc::new(SqliteStore::connect("sqlite::memory:").await?);
+//! store.migrate().await?;
+//! // No Redis URL: in-process cache only. Add `.redis_url(..)` for a fleet.
+//! let cache = ApiKeyCache::new(CacheConfig::builder().build()?, store.clone())?;
+//!
+//! let issued = store.create_key(cache.hasher(), NewKey::new("acme", ["orders:*"])).await?;
+//! let outcome = cache.verify_key(&issued.plaintext, &RequiredScopes::new(["orders:read"])).await;
+//! assert!(outcome.is_valid());
+//!
+//! // Revoke in the store, then invalidate: refused from the next request on.
+//! store.revoke_key(&issued.record.id).await?;
+//! cache.invalidate(&issued.record.hash).await?;
+//! let outcome = cache.verify_key(&issued.plaintext, &RequiredScopes::none()).await;
+//! assert_eq!(outcome, apikey_cache::Outcome::Revoked);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Layout
+//!
+//! * `extract.rs`: finding the key in request headers; early rejections.
+//! * `hash.rs`: [`KeyHash`], [`KeyHasher`] (SHA-256 / HMAC), [`generate_api_key`].
+//! * `record.rs`, `scope.rs`: [`KeyRecord`] and its [`Scopes`].
+//! * `store/`: the [`KeyStore`] trait, [`KeyAdmin`], and the SQLite,
+//!   PostgreSQL and in-memory stores.
+//! * `cache.rs`: [`ApiKeyCache`], the verification path and invalidation.
+//! * `l1.rs`, `l2.rs`, `codec.rs`, `breaker.rs`, `flight.rs`: the tiers, the
+//!   Redis value format, the Redis circuit breaker, single flight.
+//! * `outcome.rs`: [`Outcome`] and its HTTP rendering ([`Rejection`]), shared by
+//!   the web adapters.
+//! * `config.rs`: [`CacheConfig`], its builder and `from_env()`.
+//!
+//! # Choices where the design was silent
+//!
+//! * A record whose `expires_at` has already passed is not cached in any
+//!   tier (no entry outlives `expires_at`); each such request asks the store.
+//! * An `Authorization` header with a scheme other than `Bearer` is skipped
+//!   as a key source; if no other source has a key, the request is
+//!   `invalid_api_key` (not `missing_api_key`).
+//! * A repeated key header (two `X-API-Key`s, two `Authorization`s) is
+//!   refused as malformed rather than guessing which one counts.
+#![deny(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod breaker;
+mod cache;
+mod clock;
+mod codec;
+mod config;
+mod extract;
+mod flight;
+mod hash;
+mod l1;
+mod l2;
+mod outcome;
+mod record;
+mod scope;
+mod stats;
+pub mod store;
+
+pub use async_trait::async_trait;
+pub use breaker::BreakerState;
+pub use cache::{ApiKeyCache, ApiKeyCacheBuilder, BuildError, InvalidateError};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{parse_duration, CacheConfig, CacheConfigBuilder, ConfigError, Mode};
+pub use extract::{
+    check_key, Extracted, HeaderLookup, HeaderSource, KeyExtractor, KeySource, Malformed,
+    MAX_KEY_LEN,
+};
+pub use hash::{generate_api_key, KeyGenError, KeyHash, KeyHasher, KEY_PREFIX};
+pub use outcome::{Outcome, Rejection, VerifiedKey};
+pub use record::{KeyId, KeyRecord, KeyStatus, RateLimit, UnknownStatus};
+pub use scope::{RequiredScopes, Scopes};
+pub use stats::CacheStats;
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
+pub use store::{
+    CreatedKey, KeyAdmin, KeyDetails, KeyStore, MemoryStore, NewKey, StoreError, UsageBatch,
+    UsageDelta,
+};

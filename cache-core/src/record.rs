@@ -1,0 +1,224 @@
+//! What the store knows about a key.
+//!
+//! ```
+//! use apikey_cache::{KeyHasher, KeyId, KeyRecord, KeyStatus, Scopes};
+//!
+//! let hash = KeyHasher::new(None).hash(b"ak_example");
+//! let mut record = KeyRecord::new(KeyId::from("key_1"), hash, "acme", Scopes::new(["orders:read"]));
+//! record.expires_at = Some(time::macros::datetime!(2030-01-01 0:00 UTC));
+//! assert_eq!(record.status, KeyStatus::Active);
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{KeyHash, Scopes};
+
+/// A key's stable identifier (not secret; safe to log and show).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyId(String);
+
+impl KeyId {
+    /// Wraps an identifier.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// A fresh random identifier: `key_` + a UUID v4 in simple form.
+    pub fn generate() -> Self {
+        Self(format!("key_{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for KeyId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<String> for KeyId {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Lifecycle state of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Usable (subject to expiry).
+    Active,
+    /// Permanently withdrawn.
+    Revoked,
+    /// Switched off; may be switched on again.
+    Disabled,
+}
+
+impl KeyStatus {
+    /// The lowercase name used in storage and JSON.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+impl fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status string that is not `active`, `revoked` or `disabled`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown key status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for KeyStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(Self::Active),
+            "revoked" => Ok(Self::Revoked),
+            "disabled" => Ok(Self::Disabled),
+            other => Err(UnknownStatus(other.to_owned())),
+        }
+    }
+}
+
+/// A per-key request rate: `requests` per `per`.
+///
+/// ```
+/// use std::time::Duration;
+/// use apikey_cache::RateLimit;
+///
+/// let limit = RateLimit::new(100, Duration::from_secs(60));
+/// assert_eq!(limit.per_seconds(), 60);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Requests allowed per window.
+    pub requests: u32,
+    /// Window length.
+    #[serde(rename = "per_seconds", with = "secs")]
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// `requests` per `per`.
+    pub const fn new(requests: u32, per: Duration) -> Self {
+        Self { requests, per }
+    }
+
+    /// The window in whole seconds.
+    pub const fn per_seconds(&self) -> u64 {
+        self.per.as_secs()
+    }
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+/// Everything the cache needs to decide on a key, as loaded from the store.
+///
+/// The struct is `#[non_exhaustive]`: build it with [`KeyRecord::new`] and set
+/// the optional fields afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct KeyRecord {
+    /// Stable identifier.
+    pub id: KeyId,
+    /// Hash of the key (never the plaintext).
+    pub hash: KeyHash,
+    /// The account or tenant the key belongs to.
+    pub owner: String,
+    /// Granted scopes.
+    pub scopes: Scopes,
+    /// Lifecycle state.
+    pub status: KeyStatus,
+    /// After this instant the key is refused as expired.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Optional per-key rate limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Optional requests per calendar month (UTC).
+    pub monthly_quota: Option<u64>,
+    /// When the key was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the record last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl KeyRecord {
+    /// An active key with no expiry, limit or quota, created now.
+    pub fn new(id: KeyId, hash: KeyHash, owner: impl Into<String>, scopes: Scopes) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            id,
+            hash,
+            owner: owner.into(),
+            scopes,
+            status: KeyStatus::Active,
+            expires_at: None,
+            rate_limit: None,
+            monthly_quota: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Whether `expires_at` has passed at `now`.
+    pub fn is_expired_at(&self, now: OffsetDateTime) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+impl Serialize for KeyHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        KeyHash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex characters"))
+    }
+}

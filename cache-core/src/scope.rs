@@ -1,0 +1,191 @@
+//! Scopes a key grants and scopes a route requires.
+//!
+//! A granted scope is matched exactly, except two wildcard forms: `*` grants
+//! everything, and `orders:*` grants every scope that starts with `orders:`
+//! (but not `orders` itself). The index is built once when a record is
+//! loaded, so checking on the request path compares no more strings than it
+//! must.
+//!
+//! ```
+//! use apikey_cache::{RequiredScopes, Scopes};
+//!
+//! let granted = Scopes::new(["orders:*", "whoami"]);
+//! assert!(granted.grants("orders:read"));
+//! assert!(!granted.grants("orders"));
+//! let needed = RequiredScopes::new(["orders:write", "billing:read"]);
+//! assert_eq!(granted.missing(&needed), vec!["billing:read".to_string()]);
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The scopes a key grants, with a lookup index.
+#[derive(Clone, Default)]
+pub struct Scopes {
+    list: Vec<String>,
+    all: bool,
+    exact: HashSet<Box<str>>,
+    /// `orders:*` is stored as `orders:`.
+    prefixes: Vec<Box<str>>,
+}
+
+impl Scopes {
+    /// Builds the scope set and its index.
+    pub fn new<I, S>(scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let list: Vec<String> = scopes.into_iter().map(Into::into).collect();
+        let mut out = Self {
+            all: false,
+            exact: HashSet::with_capacity(list.len()),
+            prefixes: Vec::new(),
+            list: Vec::new(),
+        };
+        for s in &list {
+            if s == "*" {
+                out.all = true;
+            } else if let Some(prefix) = s.strip_suffix('*').filter(|p| p.ends_with(':')) {
+                out.prefixes.push(prefix.into());
+            } else {
+                out.exact.insert(s.as_str().into());
+            }
+        }
+        out.list = list;
+        out
+    }
+
+    /// The scopes as given, in order.
+    pub fn as_slice(&self) -> &[String] {
+        &self.list
+    }
+
+    /// Whether `scope` is granted, directly or by a wildcard.
+    pub fn grants(&self, scope: &str) -> bool {
+        self.all
+            || self.exact.contains(scope)
+            || self.prefixes.iter().any(|p| scope.starts_with(&**p))
+    }
+
+    /// Whether every required scope is granted. Allocates nothing.
+    pub fn grants_all(&self, required: &RequiredScopes) -> bool {
+        self.all || required.0.iter().all(|s| self.grants(s))
+    }
+
+    /// The required scopes that are not granted, in the order required.
+    pub fn missing(&self, required: &RequiredScopes) -> Vec<String> {
+        required
+            .0
+            .iter()
+            .filter(|s| !self.grants(s))
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Scopes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.list).finish()
+    }
+}
+
+impl PartialEq for Scopes {
+    fn eq(&self, other: &Self) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Eq for Scopes {}
+
+impl Serialize for Scopes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.list.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scopes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(d).map(Self::new)
+    }
+}
+
+/// The scopes a route demands; cheap to clone (shared).
+///
+/// ```
+/// use apikey_cache::RequiredScopes;
+///
+/// let none = RequiredScopes::none();
+/// assert!(none.is_empty());
+/// let write = RequiredScopes::new(["orders:write"]);
+/// assert_eq!(write.iter().collect::<Vec<_>>(), ["orders:write"]);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequiredScopes(Arc<[Box<str>]>);
+
+impl RequiredScopes {
+    /// Requires every scope in `scopes`.
+    pub fn new<I, S>(scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self(scopes.into_iter().map(|s| s.as_ref().into()).collect())
+    }
+
+    /// Requires nothing beyond a valid key.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Whether nothing is required.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The required scopes.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|s| &**s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        let all = Scopes::new(["*"]);
+        assert!(all.grants("anything:at:all"));
+        let orders = Scopes::new(["orders:*"]);
+        assert!(orders.grants("orders:read"));
+        assert!(orders.grants("orders:items:write"));
+        assert!(!orders.grants("orders"));
+        assert!(!orders.grants("ordersx:read"));
+        // A star elsewhere is literal.
+        let odd = Scopes::new(["ord*"]);
+        assert!(odd.grants("ord*"));
+        assert!(!odd.grants("orders"));
+    }
+
+    #[test]
+    fn missing_lists_in_order() {
+        let s = Scopes::new(["a", "c:*"]);
+        let req = RequiredScopes::new(["b", "a", "c:x", "d"]);
+        assert!(!s.grants_all(&req));
+        assert_eq!(s.missing(&req), vec!["b", "d"]);
+        assert!(s.grants_all(&RequiredScopes::none()));
+    }
+
+    #[test]
+    fn serde_round_trip_rebuilds_index() {
+        let s = Scopes::new(["a", "b:*"]);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, r#"["a","b:*"]"#);
+        let back: Scopes = serde_json::from_str(&json).unwrap();
+        assert!(back.grants("b:c"));
+        assert_eq!(back, s);
+    }
+}

@@ -1,0 +1,89 @@
+//! Counters the cache keeps about itself.
+//!
+//! Hit and miss counters are bumped on every request, from every core. A
+//! single atomic would bounce its cache line between cores on each request,
+//! so hot counters are striped: each thread adds to its own padded slot and
+//! readers sum the slots.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+const STRIPES: usize = 16;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+/// A counter that many threads bump cheaply and few threads read.
+#[derive(Default)]
+pub(crate) struct StripedCounter([Padded; STRIPES]);
+
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
+impl StripedCounter {
+    #[inline]
+    pub(crate) fn incr(&self) {
+        self.0[stripe()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) l1_hits: StripedCounter,
+    pub(crate) l1_misses: StripedCounter,
+    pub(crate) store_queries: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+    /// Latency of the last store query, in microseconds.
+    pub(crate) store_latency_us: AtomicU64,
+}
+
+/// A point-in-time copy of the cache's counters.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use apikey_cache::{ApiKeyCache, CacheConfig, MemoryStore};
+///
+/// let cache = ApiKeyCache::new(CacheConfig::default(), Arc::new(MemoryStore::new())).unwrap();
+/// let stats = cache.stats();
+/// assert_eq!(stats.l1_hits, 0);
+/// assert_eq!(stats.l2_breaker, None); // no Redis configured
+/// # });
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Entries in the in-process tier (approximate).
+    pub l1_entries: u64,
+    /// Requests answered by the in-process tier.
+    pub l1_hits: u64,
+    /// Requests the in-process tier could not answer.
+    pub l1_misses: u64,
+    /// Reads answered by Redis.
+    pub l2_hits: u64,
+    /// Reads Redis could not answer.
+    pub l2_misses: u64,
+    /// Failed or timed-out Redis calls (skipped calls not included).
+    pub l2_errors: u64,
+    /// Undecodable or wrong-version values found in Redis.
+    pub l2_bad_values: u64,
+    /// Breaker position; `None` when no Redis is configured.
+    pub l2_breaker: Option<crate::BreakerState>,
+    /// Latency of the last successful Redis call, in milliseconds.
+    pub l2_latency_ms: f64,
+    /// Queries sent to the store.
+    pub store_queries: u64,
+    /// Store queries that failed or timed out.
+    pub store_errors: u64,
+    /// Latency of the last store query, in milliseconds.
+    pub store_latency_ms: f64,
+}

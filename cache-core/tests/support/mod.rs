@@ -1,0 +1,3 @@
+pub mod pg;
+pub mod redis;
+pub mod store;

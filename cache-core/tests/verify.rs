@@ -1,0 +1,393 @@
+//! The verification path, run against every ready-made store: in-memory,
+//! SQLite (a temp file) and PostgreSQL (a fresh database per test), with a
+//! private redis-server per test where Redis is involved.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apikey_cache::{
+    generate_api_key, ApiKeyCache, CacheConfig, Clock, KeyAdmin, KeyId, KeyRecord, KeyStatus,
+    KeyStore, ManualClock, MemoryStore, Mode, NewKey, Outcome, PostgresStore, RequiredScopes,
+    Scopes, SqliteStore,
+};
+use support::pg::PgTestDb;
+use support::redis::RedisServer;
+use support::store::CountingStore;
+
+/// One backing database for one test.
+enum Fixture {
+    Memory(Arc<dyn KeyAdmin>),
+    Sqlite(Arc<dyn KeyAdmin>, std::path::PathBuf),
+    Postgres(Arc<dyn KeyAdmin>, PgTestDb),
+}
+
+impl Fixture {
+    async fn memory() -> Self {
+        Self::Memory(Arc::new(MemoryStore::new()))
+    }
+
+    async fn sqlite() -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "apikey-cache-verify-{}.db",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("open sqlite");
+        store.migrate().await.expect("migrate sqlite");
+        Self::Sqlite(Arc::new(store), path)
+    }
+
+    async fn postgres() -> Self {
+        let db = PgTestDb::create().await;
+        let store = PostgresStore::connect(&db.url).await.expect("connect pg");
+        store.migrate().await.expect("migrate pg");
+        Self::Postgres(Arc::new(store), db)
+    }
+
+    fn admin(&self) -> Arc<dyn KeyAdmin> {
+        match self {
+            Self::Memory(a) | Self::Sqlite(a, _) | Self::Postgres(a, _) => a.clone(),
+        }
+    }
+
+    async fn cleanup(self) {
+        match self {
+            Self::Memory(_) => {}
+            Self::Sqlite(a, path) => {
+                drop(a);
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Self::Postgres(a, db) => {
+                drop(a);
+                db.drop_db().await;
+            }
+        }
+    }
+}
+
+fn config(redis: Option<&str>) -> CacheConfig {
+    let mut b = CacheConfig::builder()
+        // Generous for a loaded CI machine; the default is 50 ms.
+        .redis_timeout(Duration::from_millis(500))
+        .redis_connect_timeout(Duration::from_millis(500));
+    if let Some(url) = redis {
+        b = b.redis_url(url);
+    }
+    b.build().expect("valid config")
+}
+
+type Counted = CountingStore<dyn KeyAdmin>;
+
+fn cache_over(store: &Arc<Counted>, config: CacheConfig) -> ApiKeyCache {
+    ApiKeyCache::new(config, store.clone()).expect("build cache")
+}
+
+async fn issue(
+    admin: &Arc<dyn KeyAdmin>,
+    cache: &ApiKeyCache,
+    scopes: &[&str],
+) -> (String, KeyRecord) {
+    let created = admin
+        .create_key(cache.hasher(), NewKey::new("acme", scopes.iter().copied()))
+        .await
+        .expect("create key");
+    (created.plaintext.clone(), created.record.clone())
+}
+
+// ---- the behaviours ----
+
+/// 200 concurrent verifies of one uncached key: one store lookup.
+async fn single_flight(admin: Arc<dyn KeyAdmin>) {
+    let redis = RedisServer::start();
+    let store = CountingStore::new(admin.clone());
+    let cache = cache_over(&store, config(Some(&redis.url())));
+    let (key, _) = issue(&admin, &cache, &["orders:read"]).await;
+    // Keep the load open long enough that every task joins it.
+    store.set_delay(Duration::from_millis(200));
+    let required = RequiredScopes::new(["orders:read"]);
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (cache, key, required) = (cache.clone(), key.clone(), required.clone());
+            tokio::spawn(async move { cache.verify_key(&key, &required).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().is_valid());
+    }
+    assert_eq!(store.lookups(), 1);
+}
+
+/// 1000 verifies of an unknown key: one lookup; once the key exists, an
+/// invalidation makes it valid at once (not after the negative TTL).
+async fn negative_caching(admin: Arc<dyn KeyAdmin>) {
+    let redis = RedisServer::start();
+    let store = CountingStore::new(admin.clone());
+    let cache = cache_over(&store, config(Some(&redis.url())));
+    let key = generate_api_key().unwrap();
+    let none = RequiredScopes::none();
+    for _ in 0..1000 {
+        assert_eq!(cache.verify_key(&key, &none).await, Outcome::Unknown);
+    }
+    assert_eq!(store.lookups(), 1);
+
+    let hash = cache.hash_key(&key);
+    let record = KeyRecord::new(KeyId::generate(), hash, "acme", Scopes::new(["*"]));
+    admin.import_key(&record).await.unwrap();
+    // Still the cached "unknown" until invalidated.
+    assert_eq!(cache.verify_key(&key, &none).await, Outcome::Unknown);
+    cache.invalidate(&hash).await.unwrap();
+    assert!(cache.verify_key(&key, &none).await.is_valid());
+    // A second instance on the same Redis did not see the old negative entry
+    // either: the invalidation replaced it with a tombstone.
+    let other = cache_over(&store, config(Some(&redis.url())));
+    assert!(other.verify_key(&key, &none).await.is_valid());
+}
+
+/// A record cached with a long TTL but expiring in 2 s is refused after 2 s,
+/// judged against the clock at request time (no sleeping).
+async fn expiry_at_request_time(admin: Arc<dyn KeyAdmin>) {
+    let store = CountingStore::new(admin.clone());
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let cache = ApiKeyCache::builder(store.clone())
+        .config(
+            CacheConfig::builder()
+                .l1_ttl(Duration::from_secs(3600))
+                .build()
+                .unwrap(),
+        )
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let expires = clock.now() + Duration::from_secs(2);
+    let created = admin
+        .create_key(
+            cache.hasher(),
+            NewKey::new("acme", ["a"]).expires_at(expires),
+        )
+        .await
+        .unwrap();
+    let none = RequiredScopes::none();
+    assert!(cache.verify_key(&created.plaintext, &none).await.is_valid());
+    clock.advance(Duration::from_millis(1999));
+    assert!(cache.verify_key(&created.plaintext, &none).await.is_valid());
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        cache.verify_key(&created.plaintext, &none).await,
+        Outcome::Expired
+    );
+    // Answered from L1: the store was asked once, at the start.
+    assert_eq!(store.lookups(), 1);
+}
+
+/// A second instance on the same Redis finds the first one's fill in L2.
+async fn l2_shared_between_instances(admin: Arc<dyn KeyAdmin>) {
+    let redis = RedisServer::start();
+    let store = CountingStore::new(admin.clone());
+    let a = cache_over(&store, config(Some(&redis.url())));
+    let b = cache_over(&store, config(Some(&redis.url())));
+    let (key, _) = issue(&admin, &a, &["x"]).await;
+    let unknown = generate_api_key().unwrap();
+    let none = RequiredScopes::none();
+    assert!(a.verify_key(&key, &none).await.is_valid());
+    assert_eq!(a.verify_key(&unknown, &none).await, Outcome::Unknown);
+    assert_eq!(store.lookups(), 2);
+    let valid = b.verify_key(&key, &none).await;
+    assert_eq!(
+        valid.verified().map(|k| k.scopes.as_slice().to_vec()),
+        Some(vec!["x".to_string()])
+    );
+    assert_eq!(b.verify_key(&unknown, &none).await, Outcome::Unknown);
+    assert_eq!(store.lookups(), 2, "b answered both from L2");
+    assert_eq!(b.stats().l2_hits, 2);
+    // And after A's L1 is cleared, A reads L2 too.
+    a.clear_l1();
+    assert!(a.verify_key(&key, &none).await.is_valid());
+    assert_eq!(store.lookups(), 2);
+    // Nothing in Redis holds the plaintext key.
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert_eq!(keys.len(), 2);
+    for k in keys {
+        let v: Vec<u8> = redis::cmd("GET").arg(&k).query(&mut conn).unwrap();
+        let v = String::from_utf8_lossy(&v);
+        assert!(!k.contains(&key) && !v.contains(&key) && !v.contains(&unknown));
+    }
+}
+
+/// Garbage in the Redis entry is a counted miss, answered from the store.
+async fn garbage_in_redis(admin: Arc<dyn KeyAdmin>) {
+    let redis = RedisServer::start();
+    let store = CountingStore::new(admin.clone());
+    let cache = cache_over(&store, config(Some(&redis.url())));
+    let (key, record) = issue(&admin, &cache, &["a"]).await;
+    let unknown = generate_api_key().unwrap();
+    let mut conn = redis.conn();
+    for (hash, junk) in [
+        (record.hash, &b"\xff\x00not json at all"[..]),
+        (cache.hash_key(&unknown), br#"{"v":99,"k":"f"}"#),
+    ] {
+        let k = format!("apikey-cache:key:{}", hash.to_hex());
+        redis::cmd("SET")
+            .arg(&k)
+            .arg(junk)
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+    let none = RequiredScopes::none();
+    assert!(cache.verify_key(&key, &none).await.is_valid());
+    assert_eq!(cache.verify_key(&unknown, &none).await, Outcome::Unknown);
+    assert_eq!(store.lookups(), 2);
+    assert_eq!(cache.stats().l2_bad_values, 2);
+}
+
+/// Redis on a closed port: answers come from the store, promptly.
+async fn redis_unreachable(admin: Arc<dyn KeyAdmin>) {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let store = CountingStore::new(admin.clone());
+    let cache = cache_over(&store, config(Some(&format!("redis://127.0.0.1:{closed}"))));
+    let (key, _) = issue(&admin, &cache, &["a"]).await;
+    let none = RequiredScopes::none();
+    let started = Instant::now();
+    assert!(cache.verify_key(&key, &none).await.is_valid());
+    assert_eq!(
+        cache.verify_key(&generate_api_key().unwrap(), &none).await,
+        Outcome::Unknown
+    );
+    // Bounded by the Redis timeout plus a store query, not a reconnect back-off.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        cache.stats().l2_errors >= 1
+            || cache.stats().l2_breaker != Some(apikey_cache::BreakerState::Closed)
+    );
+}
+
+/// Status and scopes, revocation with invalidation, and fail-closed.
+async fn outcomes_and_revocation(admin: Arc<dyn KeyAdmin>) {
+    let redis = RedisServer::start();
+    let store = CountingStore::new(admin.clone());
+    let cache = cache_over(&store, config(Some(&redis.url())));
+    let (key, record) = issue(&admin, &cache, &["orders:*", "whoami"]).await;
+    let ok = RequiredScopes::new(["orders:write", "whoami"]);
+    assert!(cache.verify_key(&key, &ok).await.is_valid());
+    assert_eq!(
+        cache
+            .verify_key(
+                &key,
+                &RequiredScopes::new(["admin", "orders:read", "billing"])
+            )
+            .await,
+        Outcome::InsufficientScope {
+            missing: vec!["admin".into(), "billing".into()]
+        }
+    );
+    admin.revoke_key(&record.id).await.unwrap();
+    cache.invalidate_key_id(&record.id).await.unwrap();
+    assert_eq!(cache.verify_key(&key, &ok).await, Outcome::Revoked);
+    // A second instance reading Redis does not see the pre-revocation record.
+    let other = cache_over(&store, config(Some(&redis.url())));
+    assert_eq!(other.verify_key(&key, &ok).await, Outcome::Revoked);
+    let found = admin.find_by_id(&record.id).await.unwrap().unwrap();
+    assert_eq!(found.status, KeyStatus::Revoked);
+
+    // Store down: what L1 holds still answers; what it does not is 503.
+    store.set_failing(true);
+    assert_eq!(cache.verify_key(&key, &ok).await, Outcome::Revoked);
+    assert_eq!(
+        cache.verify_key(&generate_api_key().unwrap(), &ok).await,
+        Outcome::Unavailable
+    );
+}
+
+/// Database-only mode asks the store on every request.
+async fn database_only(admin: Arc<dyn KeyAdmin>) {
+    let store = CountingStore::new(admin.clone());
+    let cache = cache_over(
+        &store,
+        CacheConfig::builder()
+            .mode(Mode::DatabaseOnly)
+            .build()
+            .unwrap(),
+    );
+    let (key, record) = issue(&admin, &cache, &["a"]).await;
+    let none = RequiredScopes::none();
+    for _ in 0..5 {
+        assert!(cache.verify_key(&key, &none).await.is_valid());
+    }
+    assert_eq!(store.lookups(), 5);
+    admin.revoke_key(&record.id).await.unwrap();
+    assert_eq!(
+        cache.verify_key(&key, &none).await,
+        Outcome::Revoked,
+        "no invalidation needed"
+    );
+    cache.set_mode(Mode::Normal);
+    cache.verify_key(&key, &none).await;
+    cache.verify_key(&key, &none).await;
+    assert_eq!(store.lookups(), 7, "normal mode caches again");
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let f = super::Fixture::memory().await;
+                    super::$name(f.admin()).await;
+                    f.cleanup().await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let f = super::Fixture::sqlite().await;
+                    super::$name(f.admin()).await;
+                    f.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let f = super::Fixture::postgres().await;
+                    super::$name(f.admin()).await;
+                    f.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    single_flight,
+    negative_caching,
+    expiry_at_request_time,
+    l2_shared_between_instances,
+    garbage_in_redis,
+    redis_unreachable,
+    outcomes_and_revocation,
+    database_only,
+);
+
+/// `KeyStore` is object-safe and usable behind `Arc<dyn KeyStore>`.
+#[allow(dead_code)]
+fn assert_object_safe(s: Arc<dyn KeyStore>) -> Arc<dyn KeyStore> {
+    s
+}

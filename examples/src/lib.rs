@@ -1,0 +1,1 @@
+//! Demo programs for apikey-cache; see `src/bin/`.
