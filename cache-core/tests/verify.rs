@@ -340,6 +340,47 @@ async fn database_only(admin: Arc<dyn KeyAdmin>) {
     assert_eq!(store.lookups(), 7, "normal mode caches again");
 }
 
+/// A load that read the record before a revocation and finishes after the
+/// invalidation must not put the old record back in L1 or L2.
+async fn load_racing_invalidation(admin: Arc<dyn KeyAdmin>) {
+    let redis = RedisServer::start();
+    let store = CountingStore::new(admin.clone());
+    let a = cache_over(&store, config(Some(&redis.url())));
+    let (key, record) = issue(&admin, &a, &["a"]).await;
+    let none = RequiredScopes::none();
+
+    store.hold();
+    let racing = {
+        let (a, key, none) = (a.clone(), key.clone(), none.clone());
+        tokio::spawn(async move { a.verify_key(&key, &none).await })
+    };
+    // The load has read the active record and is parked.
+    while store.lookups() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    admin.revoke_key(&record.id).await.unwrap();
+    a.invalidate(&record.hash).await.unwrap();
+    store.release();
+    // The request that started before the revocation may pass; that is the
+    // linearization point, not a leak.
+    assert!(racing.await.unwrap().is_valid());
+
+    // Neither tier kept the old record.
+    let mut conn = redis.conn();
+    let raw: Vec<u8> = redis::cmd("GET")
+        .arg(format!("apikey-cache:key:{}", record.hash.to_hex()))
+        .query(&mut conn)
+        .unwrap();
+    let raw: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(
+        raw["k"], "t",
+        "redis holds the tombstone, not the old record"
+    );
+    assert_eq!(a.verify_key(&key, &none).await, Outcome::Revoked);
+    let b = cache_over(&store, config(Some(&redis.url())));
+    assert_eq!(b.verify_key(&key, &none).await, Outcome::Revoked);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -384,10 +425,29 @@ suite!(
     redis_unreachable,
     outcomes_and_revocation,
     database_only,
+    load_racing_invalidation,
 );
 
 /// `KeyStore` is object-safe and usable behind `Arc<dyn KeyStore>`.
 #[allow(dead_code)]
 fn assert_object_safe(s: Arc<dyn KeyStore>) -> Arc<dyn KeyStore> {
     s
+}
+
+/// A `rediss://` URL pointing at a plain-text server: the TLS handshake
+/// fails, which is a Redis error like any other (no panic for a missing TLS
+/// provider), and the store answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_against_plain_server_falls_back_to_store() {
+    let redis = RedisServer::start();
+    let admin: Arc<dyn KeyAdmin> = Arc::new(MemoryStore::new());
+    let store = CountingStore::new(admin.clone());
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let cache = cache_over(&store, config(Some(&url)));
+    let (key, _) = issue(&admin, &cache, &["a"]).await;
+    assert!(cache
+        .verify_key(&key, &RequiredScopes::none())
+        .await
+        .is_valid());
+    assert_eq!(store.lookups(), 1);
 }
