@@ -88,6 +88,25 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // The same hit without scope checks, and without hashing: where the
+    // time beyond the floor goes.
+    let none = RequiredScopes::none();
+    let mut i = 0usize;
+    group.bench_function("l1_hit_no_scopes", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            black_box(l1_cache.verify_key(&keys[i], &none).now_or_never())
+        })
+    });
+    let hashes: Vec<_> = keys.iter().map(|k| l1_cache.hash_key(k)).collect();
+    let mut i = 0usize;
+    group.bench_function("l1_hit_prehashed", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            black_box(l1_cache.verify_cached(&hashes[i], &required))
+        })
+    });
+
     // (c) L2 hit
     let redis_url =
         std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());

@@ -47,18 +47,22 @@
 //!   the invalidation's removal runs after the insert, or the loader sees the
 //!   bump; the old record cannot survive both.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::codec;
+use crate::extract::validate_key;
 use crate::flight::{self, Flights, Role};
 use crate::l1::{lifetime_until, Entry, L1};
 use crate::l2::{L2Read, L2};
 use crate::stats::{CacheStats, Stats};
 use crate::{
-    check_key, CacheConfig, Clock, Extracted, HeaderSource, KeyExtractor, KeyHash, KeyHasher,
-    KeyId, KeyRecord, KeyStatus, KeyStore, Mode, Outcome, RequiredScopes, StoreError, SystemClock,
+    CacheConfig, Clock, Extracted, HeaderSource, KeyExtractor, KeyHash, KeyHasher, KeyId,
+    KeyRecord, KeyStatus, KeyStore, Mode, Outcome, RequiredScopes, StoreError, SystemClock,
     VerifiedKey,
 };
 
@@ -102,6 +106,53 @@ struct Inner {
     generation: AtomicU64,
     mode: AtomicU8,
     stats: Stats,
+}
+
+/// The future of [`ApiKeyCache::verify`]: ready at once on an L1 hit, a
+/// boxed load otherwise.
+#[must_use = "futures do nothing unless polled"]
+pub struct Verify<'a>(VerifyState<'a>);
+
+enum VerifyState<'a> {
+    Ready(Option<Outcome>),
+    Pending(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>),
+}
+
+impl Verify<'_> {
+    fn ready(outcome: Outcome) -> Self {
+        Self(VerifyState::Ready(Some(outcome)))
+    }
+
+    /// The outcome, if it was known without waiting (an L1 hit or an early
+    /// rejection); `Err(self)` if the future has to be awaited.
+    pub fn into_ready(self) -> Result<Outcome, Self> {
+        match self.0 {
+            VerifyState::Ready(Some(outcome)) => Ok(outcome),
+            state => Err(Self(state)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Verify<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            VerifyState::Ready(o) => f.debug_tuple("Verify::Ready").field(o).finish(),
+            VerifyState::Pending(_) => f.write_str("Verify::Pending"),
+        }
+    }
+}
+
+impl Future for Verify<'_> {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match &mut self.0 {
+            // `Outcome::Unavailable` after completion: polling a finished
+            // future is a caller bug, and failing closed is the safe answer.
+            VerifyState::Ready(o) => Poll::Ready(o.take().unwrap_or(Outcome::Unavailable)),
+            VerifyState::Pending(fut) => fut.as_mut().poll(cx),
+        }
+    }
 }
 
 /// Verifies API keys through an in-process cache, Redis and the store.
@@ -167,7 +218,7 @@ impl ApiKeyCacheBuilder {
     /// configured (background tasks are spawned); does not wait for Redis.
     pub fn build(self) -> Result<ApiKeyCache, BuildError> {
         let c = &self.config;
-        let l1 = L1::new(c.l1_capacity, c.l1_ttl, c.negative_ttl, self.clock.clone());
+        let l1 = L1::new(c.l1_capacity, c.l1_ttl, c.negative_ttl);
         let l2 = match &c.redis_url {
             Some(url) => Some(L2::new(url, c)?),
             None => None,
@@ -261,32 +312,40 @@ impl ApiKeyCache {
     }
 
     /// Verifies the key found in a request's headers.
-    pub async fn verify<R: HeaderSource + ?Sized>(
-        &self,
+    ///
+    /// An L1 hit is answered before the returned future is first polled, so
+    /// the common case allocates nothing; a miss boxes the load.
+    pub fn verify<'a, R: HeaderSource + ?Sized>(
+        &'a self,
         req: &R,
-        required: &RequiredScopes,
-    ) -> Outcome {
+        required: &'a RequiredScopes,
+    ) -> Verify<'a> {
         match self.inner.extractor.extract(req) {
-            Extracted::Key(key) => self.verify_hash(self.hash_key(key), required).await,
-            Extracted::Missing => Outcome::Missing,
-            Extracted::Malformed(m) => Outcome::Malformed(m),
+            Extracted::Key(key) => self.verify_hash(self.hash_key(key), required),
+            Extracted::Missing => Verify::ready(Outcome::Missing),
+            Extracted::Malformed(m) => Verify::ready(Outcome::Malformed(m)),
         }
     }
 
     /// Verifies a bare key (already taken out of its header).
-    pub async fn verify_key(&self, key: &str, required: &RequiredScopes) -> Outcome {
-        match check_key(key.as_bytes()) {
-            Extracted::Key(key) => self.verify_hash(self.hash_key(key), required).await,
-            Extracted::Missing => Outcome::Missing,
-            Extracted::Malformed(m) => Outcome::Malformed(m),
+    pub fn verify_key<'a>(&'a self, key: &str, required: &'a RequiredScopes) -> Verify<'a> {
+        match validate_key(key.as_bytes()) {
+            Ok(()) => self.verify_hash(self.hash_key(key), required),
+            Err(m) => Verify::ready(Outcome::Malformed(m)),
         }
     }
 
     /// Verifies a key by its hash.
-    pub async fn verify_hash(&self, hash: KeyHash, required: &RequiredScopes) -> Outcome {
-        if let Some(outcome) = self.verify_cached(&hash, required) {
-            return outcome;
+    pub fn verify_hash<'a>(&'a self, hash: KeyHash, required: &'a RequiredScopes) -> Verify<'a> {
+        match self.verify_cached(&hash, required) {
+            Some(outcome) => Verify::ready(outcome),
+            None => Verify(VerifyState::Pending(Box::pin(
+                self.verify_uncached(hash, required),
+            ))),
         }
+    }
+
+    async fn verify_uncached(&self, hash: KeyHash, required: &RequiredScopes) -> Outcome {
         if self.mode() == Mode::DatabaseOnly {
             return self.verify_from_store(&hash, required).await;
         }
@@ -308,7 +367,13 @@ impl ApiKeyCache {
         match inner.l1.get(hash) {
             Some(entry) => {
                 inner.stats.l1_hits.incr();
-                Some(self.judge(&entry, required))
+                let outcome = self.judge(&entry, required);
+                if outcome == Outcome::Expired {
+                    // Expired is final for this record: free the slot now
+                    // rather than at the TTL.
+                    inner.l1.remove(hash);
+                }
+                Some(outcome)
             }
             None => {
                 inner.stats.l1_misses.incr();
@@ -320,7 +385,7 @@ impl ApiKeyCache {
     /// Judges a record now: status, expiry, scopes.
     fn judge(&self, entry: &Entry, required: &RequiredScopes) -> Outcome {
         let record = match entry {
-            Entry::NotFound => return Outcome::Unknown,
+            Entry::NotFound { .. } => return Outcome::Unknown,
             Entry::Found(r) => r,
         };
         match record.status {
@@ -381,8 +446,9 @@ impl ApiKeyCache {
                     return Ok(entry);
                 }
                 L2Read::NotFound => {
-                    self.fill_l1(hash, Entry::NotFound, generation);
-                    return Ok(Entry::NotFound);
+                    let entry = inner.l1.not_found();
+                    self.fill_l1(hash, entry.clone(), generation);
+                    return Ok(entry);
                 }
                 L2Read::Tombstone => tombstoned = true,
                 L2Read::Miss => {}
@@ -390,7 +456,7 @@ impl ApiKeyCache {
         }
         let entry = match self.query_store(&hash).await {
             Ok(Some(record)) => Entry::Found(Arc::new(record)),
-            Ok(None) => Entry::NotFound,
+            Ok(None) => inner.l1.not_found(),
             Err(()) => return Err(()),
         };
         if let (Some(l2), false) = (&inner.l2, tombstoned) {
@@ -402,7 +468,9 @@ impl ApiKeyCache {
                         codec::encode_found(r),
                         lifetime_until(r, inner.config.l2_ttl, &*inner.clock),
                     ),
-                    Entry::NotFound => (codec::encode_not_found(), inner.config.negative_ttl),
+                    Entry::NotFound { .. } => {
+                        (codec::encode_not_found(), inner.config.negative_ttl)
+                    }
                 };
                 l2.fill(&hash, value, ttl).await;
             }

@@ -40,8 +40,21 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 /// assert_eq!(KeyHash::from_hex(&hash.to_hex()), Some(hash));
 /// assert_eq!(hash.fingerprint(), "abababab");
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeyHash([u8; 32]);
+
+/// Hash maps over `KeyHash` (moka's L1, single flight) feed 16 of the 32
+/// digest bytes to their keyed hasher: the digest is already uniform, and
+/// hashing half of it halves the SipHash work on every cache read. Equal
+/// digests still hash equally, so `Eq` and `Hash` agree.
+impl std::hash::Hash for KeyHash {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut lo = [0u8; 16];
+        lo.copy_from_slice(&self.0[..16]);
+        state.write_u128(u128::from_le_bytes(lo));
+    }
+}
 
 impl KeyHash {
     /// Wraps a 32-byte digest.

@@ -1,15 +1,16 @@
 //! The in-process tier: a bounded moka cache of `hash -> Found | NotFound`.
 //!
-//! Each entry's lifetime is decided when it is written: the L1 TTL, cut
-//! short by the record's `expires_at`, or the negative TTL for unknown keys.
-//! Expiry is still re-checked on every read against the clock, so the
-//! lifetime is only about memory, never about correctness.
+//! Entries live `l1_ttl` (a cache-wide TTL: per-entry expiry would add a
+//! timer-wheel callback to every read, about a quarter of a moka `get`).
+//! "Not found" entries carry their own shorter deadline, checked on read;
+//! that read is off the hot path for valid keys. A record's `expires_at` is
+//! judged on every read against the clock, and an expired record is dropped
+//! from L1 the first time it is seen, so no entry is served past it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
-use moka::Expiry;
 
 use crate::{Clock, KeyHash, KeyRecord};
 
@@ -17,22 +18,10 @@ use crate::{Clock, KeyHash, KeyRecord};
 #[derive(Debug, Clone)]
 pub(crate) enum Entry {
     Found(Arc<KeyRecord>),
-    NotFound,
-}
-
-struct EntryExpiry {
-    ttl: Duration,
-    negative_ttl: Duration,
-    clock: Arc<dyn Clock>,
-}
-
-impl EntryExpiry {
-    fn lifetime(&self, entry: &Entry) -> Duration {
-        match entry {
-            Entry::NotFound => self.negative_ttl,
-            Entry::Found(record) => lifetime_until(record, self.ttl, &*self.clock),
-        }
-    }
+    /// No such key, believed until the deadline (the negative TTL).
+    NotFound {
+        until: Instant,
+    },
 }
 
 /// `ttl`, shortened so the entry never outlives the record's `expires_at`.
@@ -50,49 +39,36 @@ pub(crate) fn lifetime_until(record: &KeyRecord, ttl: Duration, clock: &dyn Cloc
     }
 }
 
-impl Expiry<KeyHash, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &KeyHash, value: &Entry, _: Instant) -> Option<Duration> {
-        Some(self.lifetime(value))
-    }
-
-    // moka keeps the old deadline on update by default; a refill must start
-    // a fresh lifetime computed from the new value.
-    fn expire_after_update(
-        &self,
-        _: &KeyHash,
-        value: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.lifetime(value))
-    }
-}
-
 pub(crate) struct L1 {
     cache: Cache<KeyHash, Entry>,
+    negative_ttl: Duration,
 }
 
 impl L1 {
-    pub(crate) fn new(
-        capacity: u64,
-        ttl: Duration,
-        negative_ttl: Duration,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub(crate) fn new(capacity: u64, ttl: Duration, negative_ttl: Duration) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity)
-            .expire_after(EntryExpiry {
-                ttl,
-                negative_ttl,
-                clock,
-            })
+            .time_to_live(ttl)
             .build();
-        Self { cache }
+        Self {
+            cache,
+            negative_ttl,
+        }
     }
 
+    /// The entry for `hash`; a "not found" past its deadline is a miss.
     #[inline]
     pub(crate) fn get(&self, hash: &KeyHash) -> Option<Entry> {
-        self.cache.get(hash)
+        match self.cache.get(hash) {
+            Some(Entry::NotFound { until }) if Instant::now() >= until => None,
+            other => other,
+        }
+    }
+
+    pub(crate) fn not_found(&self) -> Entry {
+        Entry::NotFound {
+            until: Instant::now() + self.negative_ttl,
+        }
     }
 
     pub(crate) fn insert(&self, hash: KeyHash, entry: Entry) {
@@ -121,7 +97,7 @@ impl L1 {
         let n = self
             .cache
             .iter()
-            .filter(|(_, v)| matches!(v, Entry::NotFound))
+            .filter(|(_, v)| matches!(v, Entry::NotFound { .. }))
             .count();
         u64::try_from(n).unwrap_or(u64::MAX)
     }

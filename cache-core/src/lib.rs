@@ -74,7 +74,7 @@ pub mod store;
 
 pub use async_trait::async_trait;
 pub use breaker::BreakerState;
-pub use cache::{ApiKeyCache, ApiKeyCacheBuilder, BuildError, InvalidateError};
+pub use cache::{ApiKeyCache, ApiKeyCacheBuilder, BuildError, InvalidateError, Verify};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{parse_duration, CacheConfig, CacheConfigBuilder, ConfigError, Mode};
 pub use extract::{

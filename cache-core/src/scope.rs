@@ -19,6 +19,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+/// Up to this many exact scopes are compared one by one; a scan of a few
+/// short strings beats hashing the required scope.
+const SCAN_LIMIT: usize = 8;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The scopes a key grants, with a lookup index.
@@ -26,7 +30,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Scopes {
     list: Vec<String>,
     all: bool,
-    exact: HashSet<Box<str>>,
+    /// Exact scopes, scanned when few.
+    exact: Vec<Box<str>>,
+    /// The same, indexed, when there are more than [`SCAN_LIMIT`].
+    exact_set: Option<HashSet<Box<str>>>,
     /// `orders:*` is stored as `orders:`.
     prefixes: Vec<Box<str>>,
 }
@@ -41,7 +48,8 @@ impl Scopes {
         let list: Vec<String> = scopes.into_iter().map(Into::into).collect();
         let mut out = Self {
             all: false,
-            exact: HashSet::with_capacity(list.len()),
+            exact: Vec::new(),
+            exact_set: None,
             prefixes: Vec::new(),
             list: Vec::new(),
         };
@@ -51,8 +59,11 @@ impl Scopes {
             } else if let Some(prefix) = s.strip_suffix('*').filter(|p| p.ends_with(':')) {
                 out.prefixes.push(prefix.into());
             } else {
-                out.exact.insert(s.as_str().into());
+                out.exact.push(s.as_str().into());
             }
+        }
+        if out.exact.len() > SCAN_LIMIT {
+            out.exact_set = Some(out.exact.iter().cloned().collect());
         }
         out.list = list;
         out
@@ -65,9 +76,11 @@ impl Scopes {
 
     /// Whether `scope` is granted, directly or by a wildcard.
     pub fn grants(&self, scope: &str) -> bool {
-        self.all
-            || self.exact.contains(scope)
-            || self.prefixes.iter().any(|p| scope.starts_with(&**p))
+        let exact = match &self.exact_set {
+            Some(set) => set.contains(scope),
+            None => self.exact.iter().any(|s| **s == *scope),
+        };
+        self.all || exact || self.prefixes.iter().any(|p| scope.starts_with(&**p))
     }
 
     /// Whether every required scope is granted. Allocates nothing.
@@ -168,6 +181,14 @@ mod tests {
         let odd = Scopes::new(["ord*"]);
         assert!(odd.grants("ord*"));
         assert!(!odd.grants("orders"));
+    }
+
+    #[test]
+    fn many_exact_scopes_use_the_index() {
+        let many: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+        let s = Scopes::new(many.iter().map(String::as_str));
+        assert!(s.grants("s0") && s.grants("s19"));
+        assert!(!s.grants("s20"));
     }
 
     #[test]

@@ -355,7 +355,7 @@ async fn load_racing_invalidation(admin: Arc<dyn KeyAdmin>) {
         tokio::spawn(async move { a.verify_key(&key, &none).await })
     };
     // The load has read the active record and is parked.
-    while store.lookups() == 0 {
+    while store.parked() == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     admin.revoke_key(&record.id).await.unwrap();

@@ -15,6 +15,7 @@ pub struct CountingStore<S: ?Sized> {
     delay: std::sync::Mutex<Duration>,
     fail: AtomicBool,
     held: AtomicBool,
+    parked: AtomicUsize,
     release: Notify,
 }
 
@@ -26,6 +27,7 @@ impl<S: KeyStore + ?Sized> CountingStore<S> {
             delay: std::sync::Mutex::new(Duration::ZERO),
             fail: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            parked: AtomicUsize::new(0),
             release: Notify::new(),
         })
     }
@@ -50,6 +52,11 @@ impl<S: KeyStore + ?Sized> CountingStore<S> {
         self.held.store(true, Ordering::SeqCst);
     }
 
+    /// Lookups that have read their answer and are waiting for `release`.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::SeqCst)
+    }
+
     pub fn release(&self) {
         self.held.store(false, Ordering::SeqCst);
         self.release.notify_waiters();
@@ -72,9 +79,13 @@ impl<S: KeyStore + ?Sized> KeyStore for CountingStore<S> {
         let found = self.inner.find_by_hash(hash).await;
         if self.held.load(Ordering::SeqCst) {
             let released = self.release.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            self.parked.fetch_add(1, Ordering::SeqCst);
             if self.held.load(Ordering::SeqCst) {
                 released.await;
             }
+            self.parked.fetch_sub(1, Ordering::SeqCst);
         }
         found
     }
