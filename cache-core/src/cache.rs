@@ -345,6 +345,52 @@ impl ApiKeyCache {
         }
     }
 
+    /// The synchronous half of [`verify`](Self::verify), for web adapters:
+    /// `Ok(outcome)` when the answer is known without waiting (an early
+    /// rejection or an L1 hit), `Err(hash)` when the key must be loaded; pass
+    /// that hash to [`verify_owned`](Self::verify_owned).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use apikey_cache::{ApiKeyCache, CacheConfig, MemoryStore, Outcome, RequiredScopes};
+    ///
+    /// let cache = ApiKeyCache::new(CacheConfig::default(), Arc::new(MemoryStore::new())).unwrap();
+    /// let mut headers = http::HeaderMap::new();
+    /// assert_eq!(cache.verify_now(&headers, &RequiredScopes::none()), Ok(Outcome::Missing));
+    /// headers.insert("x-api-key", "ak_unknown".parse().unwrap());
+    /// let hash = cache.verify_now(&headers, &RequiredScopes::none()).unwrap_err();
+    /// let outcome = cache.verify_owned(hash, RequiredScopes::none()).await;
+    /// assert_eq!(outcome, Outcome::Unknown);
+    /// # });
+    /// ```
+    pub fn verify_now<R: HeaderSource + ?Sized>(
+        &self,
+        req: &R,
+        required: &RequiredScopes,
+    ) -> Result<Outcome, KeyHash> {
+        match self.inner.extractor.extract(req) {
+            Extracted::Key(key) => {
+                let hash = self.hash_key(key);
+                self.verify_cached(&hash, required).ok_or(hash)
+            }
+            Extracted::Missing => Ok(Outcome::Missing),
+            Extracted::Malformed(m) => Ok(Outcome::Malformed(m)),
+        }
+    }
+
+    /// The asynchronous half of [`verify`](Self::verify): loads `hash`
+    /// (single flight, L2, store) and judges it. The future owns its inputs,
+    /// so it can be stored in a `'static` response future.
+    pub fn verify_owned(
+        &self,
+        hash: KeyHash,
+        required: RequiredScopes,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'static>> {
+        let this = self.clone();
+        Box::pin(async move { this.verify_uncached(hash, &required).await })
+    }
+
     async fn verify_uncached(&self, hash: KeyHash, required: &RequiredScopes) -> Outcome {
         if self.mode() == Mode::DatabaseOnly {
             return self.verify_from_store(&hash, required).await;
