@@ -55,15 +55,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::codec;
+use crate::events::{self, EventStats};
 use crate::extract::validate_key;
 use crate::flight::{self, Flights, Role};
 use crate::l1::{lifetime_until, Entry, L1};
 use crate::l2::{L2Read, L2};
 use crate::stats::{CacheStats, Stats};
 use crate::{
-    CacheConfig, Clock, Extracted, HeaderSource, KeyExtractor, KeyHash, KeyHasher, KeyId,
-    KeyRecord, KeyStatus, KeyStore, Mode, Outcome, RequiredScopes, StoreError, SystemClock,
-    VerifiedKey,
+    CacheConfig, Clock, Extracted, HeaderSource, KeyExtractor, KeyHash, KeyHasher, KeyRecord,
+    KeyStatus, KeyStore, Mode, Outcome, RequiredScopes, SystemClock, VerifiedKey,
 };
 
 /// The cache could not be built.
@@ -75,37 +75,29 @@ pub enum BuildError {
     Redis(#[from] redis::RedisError),
 }
 
-/// An invalidation could not reach every tier.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum InvalidateError {
-    /// The local entry was dropped but Redis could not be updated; other
-    /// instances may keep serving the old record from Redis until its TTL.
-    /// Retry the call.
-    #[error("redis could not be updated: {0}")]
-    Redis(String),
-    /// The store could not say which hash the key id has.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// The result a load shares with everyone waiting on it; `Err` means the
 /// store failed and nothing cached could answer.
-type Loaded = Result<Entry, ()>;
+pub(crate) type Loaded = Result<Entry, ()>;
 
-struct Inner {
-    config: CacheConfig,
-    store: Arc<dyn KeyStore>,
-    hasher: KeyHasher,
-    extractor: KeyExtractor,
-    clock: Arc<dyn Clock>,
-    l1: L1,
-    l2: Option<Arc<L2>>,
-    flights: Flights<Loaded>,
+pub(crate) struct Inner {
+    pub(crate) config: CacheConfig,
+    pub(crate) store: Arc<dyn KeyStore>,
+    pub(crate) hasher: KeyHasher,
+    pub(crate) extractor: KeyExtractor,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) l1: L1,
+    pub(crate) l2: Option<Arc<L2>>,
+    pub(crate) flights: Flights<Loaded>,
     /// Bumped by every invalidation; see the module docs.
-    generation: AtomicU64,
-    mode: AtomicU8,
-    stats: Stats,
+    pub(crate) generation: AtomicU64,
+    /// This instance's own mode (`set_mode`, `APIKEY_CACHE_MODE`).
+    pub(crate) local_mode: AtomicU8,
+    /// The fleet-wide mode (`set_fleet_mode`, Redis).
+    pub(crate) fleet_mode: AtomicU8,
+    pub(crate) stats: Stats,
+    /// Identifies this instance's own events on the shared channel.
+    pub(crate) instance_id: String,
+    pub(crate) events: EventStats,
 }
 
 /// The future of [`ApiKeyCache::verify`]: ready at once on an L1 hit, a
@@ -159,7 +151,7 @@ impl Future for Verify<'_> {
 /// Cheap to clone: clones share one cache.
 #[derive(Clone)]
 pub struct ApiKeyCache {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for ApiKeyCache {
@@ -218,14 +210,14 @@ impl ApiKeyCacheBuilder {
     /// configured (background tasks are spawned); does not wait for Redis.
     pub fn build(self) -> Result<ApiKeyCache, BuildError> {
         let c = &self.config;
-        let l1 = L1::new(c.l1_capacity, c.l1_ttl, c.negative_ttl);
+        let l1 = L1::new(c.l1_capacity, c.l1_ttl, c.negative_ttl, c.stale_if_error);
         let l2 = match &c.redis_url {
             Some(url) => Some(L2::new(url, c)?),
             None => None,
         };
         let hasher = KeyHasher::new(c.pepper.as_deref().map(str::as_bytes));
         let mode = mode_to_u8(c.mode);
-        Ok(ApiKeyCache {
+        let cache = ApiKeyCache {
             inner: Arc::new(Inner {
                 hasher,
                 extractor: self.extractor,
@@ -234,16 +226,26 @@ impl ApiKeyCacheBuilder {
                 l2,
                 flights: Flights::new(),
                 generation: AtomicU64::new(0),
-                mode: AtomicU8::new(mode),
+                local_mode: AtomicU8::new(mode),
+                fleet_mode: AtomicU8::new(mode_to_u8(Mode::Normal)),
                 stats: Stats::default(),
                 store: self.store,
                 config: self.config,
+                instance_id: uuid::Uuid::new_v4().simple().to_string(),
+                events: EventStats::default(),
             }),
-        })
+        };
+        if let Some(l2) = &cache.inner.l2 {
+            tokio::spawn(events::subscriber(
+                Arc::downgrade(&cache.inner),
+                l2.client().clone(),
+            ));
+        }
+        Ok(cache)
     }
 }
 
-const fn mode_to_u8(mode: Mode) -> u8 {
+pub(crate) const fn mode_to_u8(mode: Mode) -> u8 {
     match mode {
         Mode::Normal => 0,
         Mode::DatabaseOnly => 1,
@@ -289,26 +291,6 @@ impl ApiKeyCache {
     /// Hashes a presented key.
     pub fn hash_key(&self, key: &str) -> KeyHash {
         self.inner.hasher.hash(key.as_bytes())
-    }
-
-    /// The current mode.
-    pub fn mode(&self) -> Mode {
-        match self.inner.mode.load(Ordering::Acquire) {
-            0 => Mode::Normal,
-            _ => Mode::DatabaseOnly,
-        }
-    }
-
-    /// Switches this instance's mode. Leaving `database_only` clears L1,
-    /// since invalidations were not tracked while the caches were bypassed.
-    pub fn set_mode(&self, mode: Mode) {
-        let old = self.inner.mode.swap(mode_to_u8(mode), Ordering::AcqRel);
-        if old != mode_to_u8(mode) {
-            tracing::warn!(mode = mode.as_str(), "apikey cache mode changed");
-            if mode == Mode::Normal {
-                self.clear_local();
-            }
-        }
     }
 
     /// Verifies the key found in a request's headers.
@@ -397,7 +379,20 @@ impl ApiKeyCache {
         }
         match self.load(hash).await {
             Ok(entry) => self.judge(&entry, required),
-            Err(()) => Outcome::Unavailable,
+            // Stale-if-error: a record past its freshness but within the
+            // stale window, and not invalidated (invalidation removes it),
+            // is judged as usual, so it is never served past `expires_at`.
+            // A "not found" is never served stale.
+            Err(()) => match self.inner.l1.get_stale(&hash) {
+                Some(record) => {
+                    self.inner
+                        .stats
+                        .stale_served
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.judge(&Entry::Found(record, None), required)
+                }
+                None => Outcome::Unavailable,
+            },
         }
     }
 
@@ -407,7 +402,10 @@ impl ApiKeyCache {
     #[inline]
     pub fn verify_cached(&self, hash: &KeyHash, required: &RequiredScopes) -> Option<Outcome> {
         let inner = &*self.inner;
-        if inner.mode.load(Ordering::Relaxed) != 0 {
+        // Both flags are 0 in normal mode: one load of each, no branch on
+        // the combined mode.
+        if inner.local_mode.load(Ordering::Relaxed) | inner.fleet_mode.load(Ordering::Relaxed) != 0
+        {
             return None;
         }
         match inner.l1.get(hash) {
@@ -432,7 +430,7 @@ impl ApiKeyCache {
     fn judge(&self, entry: &Entry, required: &RequiredScopes) -> Outcome {
         let record = match entry {
             Entry::NotFound { .. } => return Outcome::Unknown,
-            Entry::Found(r) => r,
+            Entry::Found(r, _) => r,
         };
         match record.status {
             KeyStatus::Active => {}
@@ -454,7 +452,7 @@ impl ApiKeyCache {
 
     async fn verify_from_store(&self, hash: &KeyHash, required: &RequiredScopes) -> Outcome {
         match self.query_store(hash).await {
-            Ok(Some(record)) => self.judge(&Entry::Found(Arc::new(record)), required),
+            Ok(Some(record)) => self.judge(&Entry::Found(Arc::new(record), None), required),
             Ok(None) => Outcome::Unknown,
             Err(()) => Outcome::Unavailable,
         }
@@ -487,7 +485,7 @@ impl ApiKeyCache {
         if let Some(l2) = &inner.l2 {
             match l2.get(&hash).await {
                 L2Read::Found(record) => {
-                    let entry = Entry::Found(Arc::from(record));
+                    let entry = inner.l1.found(Arc::from(record));
                     self.fill_l1(hash, entry.clone(), generation);
                     return Ok(entry);
                 }
@@ -501,7 +499,7 @@ impl ApiKeyCache {
             }
         }
         let entry = match self.query_store(&hash).await {
-            Ok(Some(record)) => Entry::Found(Arc::new(record)),
+            Ok(Some(record)) => inner.l1.found(Arc::new(record)),
             Ok(None) => inner.l1.not_found(),
             Err(()) => return Err(()),
         };
@@ -510,7 +508,7 @@ impl ApiKeyCache {
             // tombstone + SET NX guard covers the rest (see module docs).
             if inner.generation.load(Ordering::SeqCst) == generation {
                 let (value, ttl) = match &entry {
-                    Entry::Found(r) => (
+                    Entry::Found(r, _) => (
                         codec::encode_found(r),
                         lifetime_until(r, inner.config.l2_ttl, &*inner.clock),
                     ),
@@ -527,7 +525,7 @@ impl ApiKeyCache {
 
     fn fill_l1(&self, hash: KeyHash, entry: Entry, generation: u64) {
         let inner = &*self.inner;
-        if let Entry::Found(r) = &entry {
+        if let Entry::Found(r, _) = &entry {
             if r.is_expired_at(inner.clock.now()) {
                 // Expired is final until the store says otherwise; keeping
                 // it would outlive `expires_at`.
@@ -568,53 +566,6 @@ impl ApiKeyCache {
         }
     }
 
-    /// Drops `hash` from every tier: this instance's L1 at once, and Redis
-    /// (replaced by a tombstone that blocks refills for `tombstone_ttl`).
-    ///
-    /// Call it after changing a key in the store. On `Err`, the local entry
-    /// is gone but Redis may still hold the old record: retry.
-    pub async fn invalidate(&self, hash: &KeyHash) -> Result<(), InvalidateError> {
-        self.invalidate_local(hash);
-        match &self.inner.l2 {
-            Some(l2) => l2
-                .tombstone(hash, self.inner.config.tombstone_ttl)
-                .await
-                .map_err(|e| InvalidateError::Redis(e.to_string())),
-            None => Ok(()),
-        }
-    }
-
-    /// [`invalidate`](Self::invalidate) by key id (one store lookup for the
-    /// hash). Unknown ids are not an error: there is nothing to drop.
-    pub async fn invalidate_key_id(&self, id: &KeyId) -> Result<(), InvalidateError> {
-        let record = tokio::time::timeout(
-            self.inner.config.store_timeout,
-            self.inner.store.find_by_id(id),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout)??;
-        match record {
-            Some(r) => self.invalidate(&r.hash).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Drops `hash` from this instance's L1 only.
-    pub(crate) fn invalidate_local(&self, hash: &KeyHash) {
-        let inner = &*self.inner;
-        inner.generation.fetch_add(1, Ordering::SeqCst);
-        inner.flights.forget(hash);
-        inner.l1.remove(hash);
-    }
-
-    /// Empties this instance's L1.
-    pub(crate) fn clear_local(&self) {
-        let inner = &*self.inner;
-        inner.generation.fetch_add(1, Ordering::SeqCst);
-        inner.flights.forget_all();
-        inner.l1.clear();
-    }
-
     /// Counters and tier state.
     pub fn stats(&self) -> CacheStats {
         let inner = &*self.inner;
@@ -635,6 +586,13 @@ impl ApiKeyCache {
             store_queries: inner.stats.store_queries.load(Ordering::Relaxed),
             store_errors: inner.stats.store_errors.load(Ordering::Relaxed),
             store_latency_ms: ms(&inner.stats.store_latency_us),
+            stale_served: inner.stats.stale_served.load(Ordering::Relaxed),
+            subscribed: inner.events.subscribed.load(Ordering::Acquire),
+            events_received: inner.events.received.load(Ordering::Relaxed),
+            resyncs: inner.events.resyncs.load(Ordering::Relaxed),
+            invalidations_local: inner.stats.invalidations_local.load(Ordering::Relaxed),
+            invalidations_remote: inner.stats.invalidations_remote.load(Ordering::Relaxed),
+            mode: self.mode(),
         }
     }
 
@@ -649,10 +607,5 @@ impl ApiKeyCache {
     /// about once a second (health checks).
     pub fn l1_negative_entries(&self) -> u64 {
         self.inner.l1.negative_count()
-    }
-
-    /// Drops this instance's whole L1 (Redis is left alone).
-    pub fn clear_l1(&self) {
-        self.clear_local();
     }
 }

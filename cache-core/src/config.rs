@@ -31,6 +31,7 @@
 //! | `TOMBSTONE_TTL` | `10s` | how long an invalidated key blocks Redis refills |
 //! | `BREAKER_THRESHOLD` | `5` | consecutive Redis failures that open the breaker |
 //! | `BREAKER_COOLDOWN` | `10s` | wait before probing Redis again |
+//! | `STALE_IF_ERROR` | `0s` | how long past its L1 TTL a record may answer while the store is down |
 //! | `PEPPER` | none | HMAC pepper for key hashes |
 //!
 //! Durations are written `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
@@ -127,6 +128,10 @@ pub struct CacheConfig {
     pub breaker_threshold: u32,
     /// Wait before probing Redis again once the breaker is open.
     pub breaker_cooldown: Duration,
+    /// How long past its L1 TTL a record may still answer while the store is
+    /// down (never a "not found", never past `expires_at`, never after an
+    /// invalidation). Zero turns it off.
+    pub stale_if_error: Duration,
     /// HMAC pepper for key hashes.
     pub pepper: Option<String>,
 }
@@ -147,6 +152,7 @@ impl Default for CacheConfig {
             tombstone_ttl: Duration::from_secs(10),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(10),
+            stale_if_error: Duration::ZERO,
             pepper: None,
         }
     }
@@ -168,6 +174,7 @@ impl fmt::Debug for CacheConfig {
             .field("tombstone_ttl", &self.tombstone_ttl)
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("stale_if_error", &self.stale_if_error)
             .field("pepper", &self.pepper.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -231,6 +238,7 @@ impl CacheConfig {
                 "BREAKER_COOLDOWN" => {
                     c.breaker_cooldown = parse_duration_var("BREAKER_COOLDOWN", v)?
                 }
+                "STALE_IF_ERROR" => c.stale_if_error = parse_duration_var("STALE_IF_ERROR", v)?,
                 "PEPPER" => c.pepper = (!v.is_empty()).then(|| v.to_owned()),
                 _ => {}
             }
@@ -362,6 +370,8 @@ impl CacheConfigBuilder {
         breaker_threshold: u32,
         /// Wait before probing Redis again.
         breaker_cooldown: Duration,
+        /// How long past its L1 TTL a record may answer while the store is down.
+        stale_if_error: Duration,
     }
 
     /// Checks and returns the configuration.

@@ -1,6 +1,6 @@
 //! The in-process tier: a bounded moka cache of `hash -> Found | NotFound`.
 //!
-//! Entries live `l1_ttl` (a cache-wide TTL: per-entry expiry would add a
+//! Entries live `l1_ttl` (plus the stale-if-error window; a cache-wide TTL: per-entry expiry would add a
 //! timer-wheel callback to every read, about a quarter of a moka `get`).
 //! "Not found" entries carry their own shorter deadline, checked on read;
 //! that read is off the hot path for valid keys. A record's `expires_at` is
@@ -17,11 +17,11 @@ use crate::{Clock, KeyHash, KeyRecord};
 /// What one tier knows about a hash.
 #[derive(Debug, Clone)]
 pub(crate) enum Entry {
-    Found(Arc<KeyRecord>),
+    /// A record, fresh until the instant if one is set (only with
+    /// stale-if-error: the entry then lives on, stale, for the stale window).
+    Found(Arc<KeyRecord>, Option<Instant>),
     /// No such key, believed until the deadline (the negative TTL).
-    NotFound {
-        until: Instant,
-    },
+    NotFound { until: Instant },
 }
 
 /// `ttl`, shortened so the entry never outlives the record's `expires_at`.
@@ -41,28 +41,56 @@ pub(crate) fn lifetime_until(record: &KeyRecord, ttl: Duration, clock: &dyn Cloc
 
 pub(crate) struct L1 {
     cache: Cache<KeyHash, Entry>,
+    ttl: Duration,
     negative_ttl: Duration,
+    /// Extra life of found entries, served only while the store is down.
+    stale_window: Duration,
 }
 
 impl L1 {
-    pub(crate) fn new(capacity: u64, ttl: Duration, negative_ttl: Duration) -> Self {
+    pub(crate) fn new(
+        capacity: u64,
+        ttl: Duration,
+        negative_ttl: Duration,
+        stale_window: Duration,
+    ) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity)
-            .time_to_live(ttl)
+            .time_to_live(ttl + stale_window)
+            .support_invalidation_closures()
             .build();
         Self {
             cache,
+            ttl,
             negative_ttl,
+            stale_window,
         }
     }
 
-    /// The entry for `hash`; a "not found" past its deadline is a miss.
+    /// The fresh entry for `hash`; a "not found" past its deadline, or a
+    /// record past its freshness, is a miss.
     #[inline]
     pub(crate) fn get(&self, hash: &KeyHash) -> Option<Entry> {
         match self.cache.get(hash) {
             Some(Entry::NotFound { until }) if Instant::now() >= until => None,
+            Some(Entry::Found(_, Some(fresh))) if Instant::now() >= fresh => None,
             other => other,
         }
+    }
+
+    /// A found entry for `hash` even if stale: what may answer while the
+    /// store is down. Invalidation removes entries, so nothing invalidated
+    /// comes back this way.
+    pub(crate) fn get_stale(&self, hash: &KeyHash) -> Option<Arc<KeyRecord>> {
+        match self.cache.get(hash) {
+            Some(Entry::Found(record, _)) => Some(record),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn found(&self, record: Arc<KeyRecord>) -> Entry {
+        let fresh = (!self.stale_window.is_zero()).then(|| Instant::now() + self.ttl);
+        Entry::Found(record, fresh)
     }
 
     pub(crate) fn not_found(&self) -> Entry {
@@ -81,6 +109,18 @@ impl L1 {
 
     pub(crate) fn clear(&self) {
         self.cache.invalidate_all();
+    }
+
+    /// Drops every entry matching `predicate` (moka applies it lazily, but
+    /// reads never return a matching entry inserted before this call).
+    /// `false` if the predicate could not be registered.
+    pub(crate) fn remove_if(
+        &self,
+        predicate: impl Fn(&Entry) -> bool + Send + Sync + 'static,
+    ) -> bool {
+        self.cache
+            .invalidate_entries_if(move |_, v| predicate(v))
+            .is_ok()
     }
 
     pub(crate) fn entry_count(&self) -> u64 {

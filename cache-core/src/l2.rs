@@ -49,6 +49,7 @@ pub(crate) struct L2Stats {
 }
 
 pub(crate) struct L2 {
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
@@ -67,8 +68,9 @@ impl L2 {
             .set_number_of_retries(0)
             .set_connection_timeout(Some(config.redis_connect_timeout))
             .set_response_timeout(Some(config.redis_timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
         let l2 = Arc::new(Self {
+            client,
             conn,
             prefix: config.key_prefix.clone(),
             timeout: config.redis_timeout,
@@ -92,6 +94,10 @@ impl L2 {
 
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
+    }
+
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     pub(crate) fn entry_key(&self, hash: &KeyHash) -> String {
@@ -209,6 +215,64 @@ impl L2 {
                 .arg(ms),
         )
         .await
+    }
+}
+
+impl L2 {
+    /// Tombstones many hashes in one round trip.
+    pub(crate) async fn tombstone_many(
+        &self,
+        hashes: &[KeyHash],
+        ttl: Duration,
+    ) -> Result<(), L2Error> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let tomb = codec::encode_tombstone();
+        let mut pipe = redis::pipe();
+        for hash in hashes {
+            pipe.cmd("SET")
+                .arg(self.entry_key(hash))
+                .arg(&tomb)
+                .arg("PX")
+                .arg(ms)
+                .ignore();
+        }
+        self.call_pipe(&pipe).await
+    }
+
+    pub(crate) async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), L2Error> {
+        self.call::<i64>(redis::cmd("PUBLISH").arg(channel).arg(payload))
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn get_string(&self, key: &str) -> Result<Option<String>, L2Error> {
+        self.call(redis::cmd("GET").arg(key)).await
+    }
+
+    pub(crate) async fn set_string(&self, key: &str, value: &str) -> Result<(), L2Error> {
+        self.call(redis::cmd("SET").arg(key).arg(value)).await
+    }
+
+    async fn call_pipe(&self, pipe: &redis::Pipeline) -> Result<(), L2Error> {
+        if !self.breaker.allows() {
+            return Err(L2Error::BreakerOpen);
+        }
+        let mut conn = self.conn.clone();
+        // A pipeline carries many commands: give it a few command budgets.
+        let budget = self.timeout * 4;
+        let result = match tokio::time::timeout(budget, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(L2Error::Redis(e)),
+            Err(_) => Err(L2Error::Timeout),
+        };
+        match &result {
+            Ok(()) => self.breaker.on_success(),
+            Err(_) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.breaker.on_failure();
+            }
+        }
+        result
     }
 }
 

@@ -61,11 +61,14 @@ mod cache;
 mod clock;
 mod codec;
 mod config;
+mod events;
 mod extract;
 mod flight;
 mod hash;
+mod invalidation;
 mod l1;
 mod l2;
+mod mode;
 mod outcome;
 mod record;
 mod scope;
@@ -74,7 +77,7 @@ pub mod store;
 
 pub use async_trait::async_trait;
 pub use breaker::BreakerState;
-pub use cache::{ApiKeyCache, ApiKeyCacheBuilder, BuildError, InvalidateError, Verify};
+pub use cache::{ApiKeyCache, ApiKeyCacheBuilder, BuildError, Verify};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{parse_duration, CacheConfig, CacheConfigBuilder, ConfigError, Mode};
 pub use extract::{
@@ -82,6 +85,7 @@ pub use extract::{
     MAX_KEY_LEN,
 };
 pub use hash::{generate_api_key, KeyGenError, KeyHash, KeyHasher, KEY_PREFIX};
+pub use invalidation::InvalidateError;
 pub use outcome::{Outcome, Rejection, VerifiedKey};
 pub use record::{KeyId, KeyRecord, KeyStatus, RateLimit, UnknownStatus};
 pub use scope::{RequiredScopes, Scopes};

@@ -44,6 +44,10 @@ pub(crate) struct Stats {
     pub(crate) store_errors: AtomicU64,
     /// Latency of the last store query, in microseconds.
     pub(crate) store_latency_us: AtomicU64,
+    pub(crate) invalidations_local: AtomicU64,
+    /// Requests answered from a stale entry while the store was down.
+    pub(crate) stale_served: AtomicU64,
+    pub(crate) invalidations_remote: AtomicU64,
 }
 
 /// A point-in-time copy of the cache's counters.
@@ -86,4 +90,19 @@ pub struct CacheStats {
     pub store_errors: u64,
     /// Latency of the last store query, in milliseconds.
     pub store_latency_ms: f64,
+    /// Requests answered from a stale entry while the store was down.
+    pub stale_served: u64,
+    /// Whether the invalidation subscriber is listening (always `false`
+    /// without Redis).
+    pub subscribed: bool,
+    /// Pub/sub events received.
+    pub events_received: u64,
+    /// Times the subscriber reconnected and cleared L1.
+    pub resyncs: u64,
+    /// Invalidations made on this instance.
+    pub invalidations_local: u64,
+    /// Invalidations applied from other instances' events.
+    pub invalidations_remote: u64,
+    /// The effective mode.
+    pub mode: crate::Mode,
 }

@@ -85,8 +85,16 @@ fn config(redis: Option<&str>) -> CacheConfig {
 
 type Counted = CountingStore<dyn KeyAdmin>;
 
-fn cache_over(store: &Arc<Counted>, config: CacheConfig) -> ApiKeyCache {
-    ApiKeyCache::new(config, store.clone()).expect("build cache")
+/// A cache over `store`; with Redis, returns once its invalidation
+/// subscriber listens (its first subscription clears L1, which would
+/// otherwise race the test's first requests).
+async fn cache_over(store: &Arc<Counted>, config: CacheConfig) -> ApiKeyCache {
+    let with_redis = config.redis_url.is_some();
+    let cache = ApiKeyCache::new(config, store.clone()).expect("build cache");
+    if with_redis {
+        support::wait_until("subscribed", || cache.stats().subscribed).await;
+    }
+    cache
 }
 
 async fn issue(
@@ -107,7 +115,7 @@ async fn issue(
 async fn single_flight(admin: Arc<dyn KeyAdmin>) {
     let redis = RedisServer::start();
     let store = CountingStore::new(admin.clone());
-    let cache = cache_over(&store, config(Some(&redis.url())));
+    let cache = cache_over(&store, config(Some(&redis.url()))).await;
     let (key, _) = issue(&admin, &cache, &["orders:read"]).await;
     // Keep the load open long enough that every task joins it.
     store.set_delay(Duration::from_millis(200));
@@ -129,7 +137,7 @@ async fn single_flight(admin: Arc<dyn KeyAdmin>) {
 async fn negative_caching(admin: Arc<dyn KeyAdmin>) {
     let redis = RedisServer::start();
     let store = CountingStore::new(admin.clone());
-    let cache = cache_over(&store, config(Some(&redis.url())));
+    let cache = cache_over(&store, config(Some(&redis.url()))).await;
     let key = generate_api_key().unwrap();
     let none = RequiredScopes::none();
     for _ in 0..1000 {
@@ -146,7 +154,7 @@ async fn negative_caching(admin: Arc<dyn KeyAdmin>) {
     assert!(cache.verify_key(&key, &none).await.is_valid());
     // A second instance on the same Redis did not see the old negative entry
     // either: the invalidation replaced it with a tombstone.
-    let other = cache_over(&store, config(Some(&redis.url())));
+    let other = cache_over(&store, config(Some(&redis.url()))).await;
     assert!(other.verify_key(&key, &none).await.is_valid());
 }
 
@@ -190,8 +198,8 @@ async fn expiry_at_request_time(admin: Arc<dyn KeyAdmin>) {
 async fn l2_shared_between_instances(admin: Arc<dyn KeyAdmin>) {
     let redis = RedisServer::start();
     let store = CountingStore::new(admin.clone());
-    let a = cache_over(&store, config(Some(&redis.url())));
-    let b = cache_over(&store, config(Some(&redis.url())));
+    let a = cache_over(&store, config(Some(&redis.url()))).await;
+    let b = cache_over(&store, config(Some(&redis.url()))).await;
     let (key, _) = issue(&admin, &a, &["x"]).await;
     let unknown = generate_api_key().unwrap();
     let none = RequiredScopes::none();
@@ -225,7 +233,7 @@ async fn l2_shared_between_instances(admin: Arc<dyn KeyAdmin>) {
 async fn garbage_in_redis(admin: Arc<dyn KeyAdmin>) {
     let redis = RedisServer::start();
     let store = CountingStore::new(admin.clone());
-    let cache = cache_over(&store, config(Some(&redis.url())));
+    let cache = cache_over(&store, config(Some(&redis.url()))).await;
     let (key, record) = issue(&admin, &cache, &["a"]).await;
     let unknown = generate_api_key().unwrap();
     let mut conn = redis.conn();
@@ -254,7 +262,11 @@ async fn redis_unreachable(admin: Arc<dyn KeyAdmin>) {
         l.local_addr().unwrap().port()
     };
     let store = CountingStore::new(admin.clone());
-    let cache = cache_over(&store, config(Some(&format!("redis://127.0.0.1:{closed}"))));
+    let cache = ApiKeyCache::new(
+        config(Some(&format!("redis://127.0.0.1:{closed}"))),
+        store.clone(),
+    )
+    .unwrap();
     let (key, _) = issue(&admin, &cache, &["a"]).await;
     let none = RequiredScopes::none();
     let started = Instant::now();
@@ -279,7 +291,7 @@ async fn redis_unreachable(admin: Arc<dyn KeyAdmin>) {
 async fn outcomes_and_revocation(admin: Arc<dyn KeyAdmin>) {
     let redis = RedisServer::start();
     let store = CountingStore::new(admin.clone());
-    let cache = cache_over(&store, config(Some(&redis.url())));
+    let cache = cache_over(&store, config(Some(&redis.url()))).await;
     let (key, record) = issue(&admin, &cache, &["orders:*", "whoami"]).await;
     let ok = RequiredScopes::new(["orders:write", "whoami"]);
     assert!(cache.verify_key(&key, &ok).await.is_valid());
@@ -298,7 +310,7 @@ async fn outcomes_and_revocation(admin: Arc<dyn KeyAdmin>) {
     cache.invalidate_key_id(&record.id).await.unwrap();
     assert_eq!(cache.verify_key(&key, &ok).await, Outcome::Revoked);
     // A second instance reading Redis does not see the pre-revocation record.
-    let other = cache_over(&store, config(Some(&redis.url())));
+    let other = cache_over(&store, config(Some(&redis.url()))).await;
     assert_eq!(other.verify_key(&key, &ok).await, Outcome::Revoked);
     let found = admin.find_by_id(&record.id).await.unwrap().unwrap();
     assert_eq!(found.status, KeyStatus::Revoked);
@@ -321,7 +333,8 @@ async fn database_only(admin: Arc<dyn KeyAdmin>) {
             .mode(Mode::DatabaseOnly)
             .build()
             .unwrap(),
-    );
+    )
+    .await;
     let (key, record) = issue(&admin, &cache, &["a"]).await;
     let none = RequiredScopes::none();
     for _ in 0..5 {
@@ -345,7 +358,7 @@ async fn database_only(admin: Arc<dyn KeyAdmin>) {
 async fn load_racing_invalidation(admin: Arc<dyn KeyAdmin>) {
     let redis = RedisServer::start();
     let store = CountingStore::new(admin.clone());
-    let a = cache_over(&store, config(Some(&redis.url())));
+    let a = cache_over(&store, config(Some(&redis.url()))).await;
     let (key, record) = issue(&admin, &a, &["a"]).await;
     let none = RequiredScopes::none();
 
@@ -377,7 +390,7 @@ async fn load_racing_invalidation(admin: Arc<dyn KeyAdmin>) {
         "redis holds the tombstone, not the old record"
     );
     assert_eq!(a.verify_key(&key, &none).await, Outcome::Revoked);
-    let b = cache_over(&store, config(Some(&redis.url())));
+    let b = cache_over(&store, config(Some(&redis.url()))).await;
     assert_eq!(b.verify_key(&key, &none).await, Outcome::Revoked);
 }
 
@@ -443,7 +456,7 @@ async fn rediss_against_plain_server_falls_back_to_store() {
     let admin: Arc<dyn KeyAdmin> = Arc::new(MemoryStore::new());
     let store = CountingStore::new(admin.clone());
     let url = format!("rediss://127.0.0.1:{}", redis.port);
-    let cache = cache_over(&store, config(Some(&url)));
+    let cache = ApiKeyCache::new(config(Some(&url)), store.clone()).unwrap();
     let (key, _) = issue(&admin, &cache, &["a"]).await;
     assert!(cache
         .verify_key(&key, &RequiredScopes::none())

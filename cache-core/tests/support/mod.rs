@@ -1,3 +1,18 @@
+#![allow(dead_code, unreachable_pub)]
+
 pub mod pg;
 pub mod redis;
 pub mod store;
+
+use std::time::{Duration, Instant};
+
+/// Polls `cond` every few milliseconds; panics after 10 s. For conditions
+/// that become true through background tasks (pub/sub delivery, breaker
+/// probes), where there is nothing to await directly.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

@@ -1,0 +1,125 @@
+//! Normal and emergency database-only mode, per instance and fleet-wide.
+//!
+//! The effective mode is `database_only` if either this instance's own mode
+//! or the fleet-wide mode says so. The fleet mode lives in Redis (a key that
+//! instances read when they subscribe, so late starters see it) and travels
+//! as a pub/sub event. Leaving `database_only` clears L1: invalidations were
+//! applied to the store only while the caches were bypassed.
+
+use std::sync::atomic::Ordering;
+
+use crate::cache::mode_to_u8;
+use crate::events::{self, Action};
+use crate::{ApiKeyCache, InvalidateError, Mode};
+
+fn mode_from_u8(v: u8) -> Mode {
+    if v == 0 {
+        Mode::Normal
+    } else {
+        Mode::DatabaseOnly
+    }
+}
+
+impl ApiKeyCache {
+    /// The effective mode.
+    pub fn mode(&self) -> Mode {
+        let inner = &*self.inner;
+        mode_from_u8(
+            inner.local_mode.load(Ordering::Acquire) | inner.fleet_mode.load(Ordering::Acquire),
+        )
+    }
+
+    /// This instance's own mode (the fleet mode may still force
+    /// `database_only`).
+    pub fn local_mode(&self) -> Mode {
+        mode_from_u8(self.inner.local_mode.load(Ordering::Acquire))
+    }
+
+    /// The fleet-wide mode as last seen by this instance.
+    pub fn fleet_mode(&self) -> Mode {
+        mode_from_u8(self.inner.fleet_mode.load(Ordering::Acquire))
+    }
+
+    /// Switches this instance's own mode.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use apikey_cache::{ApiKeyCache, CacheConfig, MemoryStore, Mode};
+    ///
+    /// let cache = ApiKeyCache::new(CacheConfig::default(), Arc::new(MemoryStore::new())).unwrap();
+    /// cache.set_mode(Mode::DatabaseOnly);
+    /// assert_eq!(cache.mode(), Mode::DatabaseOnly);
+    /// cache.set_mode(Mode::Normal); // clears L1
+    /// # });
+    /// ```
+    pub fn set_mode(&self, mode: Mode) {
+        let before = self.mode();
+        self.inner
+            .local_mode
+            .store(mode_to_u8(mode), Ordering::Release);
+        self.mode_changed(before);
+    }
+
+    /// Switches the mode of every instance sharing this Redis (and key
+    /// prefix), including instances that start later. Applies here at once.
+    pub async fn set_fleet_mode(&self, mode: Mode) -> Result<(), InvalidateError> {
+        let Some(l2) = &self.inner.l2 else {
+            return Err(InvalidateError::Redis(
+                "no Redis configured: the fleet mode cannot be shared".into(),
+            ));
+        };
+        let prefix = &self.inner.config.key_prefix;
+        let redis_err = |e: crate::l2::L2Error| InvalidateError::Redis(e.to_string());
+        l2.set_string(&events::mode_key(prefix), mode.as_str())
+            .await
+            .map_err(redis_err)?;
+        self.apply_fleet_mode(mode);
+        let event = events::encode(
+            &self.inner.instance_id,
+            Action::Mode {
+                m: mode.as_str().to_owned(),
+            },
+        );
+        l2.publish(&events::channel(prefix), event)
+            .await
+            .map_err(redis_err)
+    }
+
+    pub(crate) fn apply_fleet_mode(&self, mode: Mode) {
+        let before = self.mode();
+        self.inner
+            .fleet_mode
+            .store(mode_to_u8(mode), Ordering::Release);
+        self.mode_changed(before);
+    }
+
+    /// Reads the fleet mode from Redis (on every (re)subscription).
+    pub(crate) async fn refresh_fleet_mode(&self) {
+        let Some(l2) = &self.inner.l2 else { return };
+        let key = events::mode_key(&self.inner.config.key_prefix);
+        match l2.get_string(&key).await {
+            Ok(Some(m)) => match m.parse::<Mode>() {
+                Ok(mode) => self.apply_fleet_mode(mode),
+                Err(_) => tracing::warn!(value = %m, "unknown fleet mode in redis ignored"),
+            },
+            Ok(None) => self.apply_fleet_mode(Mode::Normal),
+            Err(e) => tracing::debug!(error = %e, "fleet mode not readable"),
+        }
+    }
+
+    fn mode_changed(&self, before: Mode) {
+        let after = self.mode();
+        if before == after {
+            return;
+        }
+        tracing::warn!(
+            from = before.as_str(),
+            to = after.as_str(),
+            "apikey cache mode changed"
+        );
+        if after == Mode::Normal {
+            self.clear_local();
+        }
+    }
+}
