@@ -150,7 +150,6 @@ pub(crate) async fn subscriber(cache: Weak<crate::cache::Inner>, client: redis::
                     let Some(msg) = msg else { break };
                     let Some(inner) = weak.upgrade() else { return };
                     let this = ApiKeyCache { inner };
-                    this.inner.events.received.fetch_add(1, Ordering::Relaxed);
                     match decode(msg.get_payload_bytes()) {
                         Some((origin, action)) => this.apply(&origin, action),
                         None => {
@@ -158,6 +157,8 @@ pub(crate) async fn subscriber(cache: Weak<crate::cache::Inner>, client: redis::
                             tracing::warn!("undecodable invalidation event ignored");
                         }
                     }
+                    // Counted once applied, so "received" means "in effect".
+                    this.inner.events.received.fetch_add(1, Ordering::Release);
                 }
                 _ = ping.tick() => {
                     if weak.strong_count() == 0 {

@@ -131,15 +131,11 @@ impl ApiKeyCache {
         // Loads in flight do not know their owner until they finish; detach
         // them all (the generation bump keeps their results out of L1).
         inner.flights.forget_all();
-        let owner = owner.to_owned();
-        let dropped = inner.l1.remove_if(move |entry| match entry {
+        let dropped = inner.l1.remove_if(|entry| match entry {
             Entry::Found(r, _) => r.owner == owner,
             Entry::NotFound { .. } => false,
         });
-        if !dropped {
-            // Invalidation closures unavailable: fall back to dropping all.
-            inner.l1.clear();
-        }
+        tracing::info!(owner, dropped, source, "owner invalidated");
         self.count_invalidation(source);
     }
 

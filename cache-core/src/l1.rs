@@ -57,7 +57,6 @@ impl L1 {
         let cache = Cache::builder()
             .max_capacity(capacity)
             .time_to_live(ttl + stale_window)
-            .support_invalidation_closures()
             .build();
         Self {
             cache,
@@ -111,16 +110,21 @@ impl L1 {
         self.cache.invalidate_all();
     }
 
-    /// Drops every entry matching `predicate` (moka applies it lazily, but
-    /// reads never return a matching entry inserted before this call).
-    /// `false` if the predicate could not be registered.
-    pub(crate) fn remove_if(
-        &self,
-        predicate: impl Fn(&Entry) -> bool + Send + Sync + 'static,
-    ) -> bool {
-        self.cache
-            .invalidate_entries_if(move |_, v| predicate(v))
-            .is_ok()
+    /// Drops every entry matching `predicate`, by scanning L1 (milliseconds
+    /// for 100k entries: fine for an account suspension, not for a request).
+    /// moka's own `invalidate_entries_if` is lazy and skips entries its
+    /// housekeeping has not timestamped yet, so it could miss a fresh fill.
+    pub(crate) fn remove_if(&self, predicate: impl Fn(&Entry) -> bool) -> usize {
+        let doomed: Vec<KeyHash> = self
+            .cache
+            .iter()
+            .filter(|(_, v)| predicate(v))
+            .map(|(k, _)| *k)
+            .collect();
+        for hash in &doomed {
+            self.cache.invalidate(hash);
+        }
+        doomed.len()
     }
 
     pub(crate) fn entry_count(&self) -> u64 {
