@@ -481,7 +481,7 @@ impl ApiKeyCache {
     async fn lead(&self, hash: KeyHash) -> Loaded {
         let inner = &*self.inner;
         let generation = inner.generation.load(Ordering::SeqCst);
-        let mut tombstoned = false;
+        let mut skip_l2_fill = false;
         if let Some(l2) = &inner.l2 {
             match l2.get(&hash).await {
                 L2Read::Found(record) => {
@@ -494,7 +494,7 @@ impl ApiKeyCache {
                     self.fill_l1(hash, entry.clone(), generation);
                     return Ok(entry);
                 }
-                L2Read::Tombstone => tombstoned = true,
+                L2Read::Tombstone | L2Read::Unavailable => skip_l2_fill = true,
                 L2Read::Miss => {}
             }
         }
@@ -503,7 +503,7 @@ impl ApiKeyCache {
             Ok(None) => inner.l1.not_found(),
             Err(()) => return Err(()),
         };
-        if let (Some(l2), false) = (&inner.l2, tombstoned) {
+        if let (Some(l2), false) = (&inner.l2, skip_l2_fill) {
             // A load that raced an invalidation must not refill Redis; the
             // tombstone + SET NX guard covers the rest (see module docs).
             if inner.generation.load(Ordering::SeqCst) == generation {

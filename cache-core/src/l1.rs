@@ -99,7 +99,10 @@ impl L1 {
     }
 
     pub(crate) fn insert(&self, hash: KeyHash, entry: Entry) {
-        self.cache.insert(hash, entry);
+        // A zero lifetime (L1 switched off) would only make moka evict.
+        if !(self.ttl + self.stale_window).is_zero() {
+            self.cache.insert(hash, entry);
+        }
     }
 
     pub(crate) fn remove(&self, hash: &KeyHash) {

@@ -23,8 +23,11 @@ pub(crate) enum L2Read {
     NotFound,
     /// Recently invalidated: ask the store, do not refill.
     Tombstone,
-    /// Absent, undecodable, or Redis unavailable: ask the store.
+    /// Absent or undecodable: ask the store, then fill.
     Miss,
+    /// Redis failed or was skipped: ask the store, and do not try to fill
+    /// (that would only wait out a second timeout).
+    Unavailable,
 }
 
 /// Failure of one Redis call.
@@ -155,7 +158,7 @@ impl L2 {
         let key = self.entry_key(hash);
         let bytes: Option<Vec<u8>> = match self.call(redis::cmd("GET").arg(&key)).await {
             Ok(v) => v,
-            Err(_) => return L2Read::Miss,
+            Err(_) => return L2Read::Unavailable,
         };
         let Some(bytes) = bytes else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
