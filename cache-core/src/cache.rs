@@ -98,6 +98,8 @@ pub(crate) struct Inner {
     /// Identifies this instance's own events on the shared channel.
     pub(crate) instance_id: String,
     pub(crate) events: EventStats,
+    pub(crate) health_probe: tokio::sync::Mutex<Option<crate::health::Probe>>,
+    pub(crate) health_probes: AtomicU64,
 }
 
 /// The future of [`ApiKeyCache::verify`]: ready at once on an L1 hit, a
@@ -233,8 +235,13 @@ impl ApiKeyCacheBuilder {
                 config: self.config,
                 instance_id: uuid::Uuid::new_v4().simple().to_string(),
                 events: EventStats::default(),
+                health_probe: tokio::sync::Mutex::new(None),
+                health_probes: AtomicU64::new(0),
             }),
         };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(crate::telemetry::publisher(Arc::downgrade(&cache.inner)));
+        }
         if let Some(l2) = &cache.inner.l2 {
             tokio::spawn(events::subscriber(
                 Arc::downgrade(&cache.inner),
@@ -304,8 +311,8 @@ impl ApiKeyCache {
     ) -> Verify<'a> {
         match self.inner.extractor.extract(req) {
             Extracted::Key(key) => self.verify_hash(self.hash_key(key), required),
-            Extracted::Missing => Verify::ready(Outcome::Missing),
-            Extracted::Malformed(m) => Verify::ready(Outcome::Malformed(m)),
+            Extracted::Missing => Verify::ready(self.counted(Outcome::Missing)),
+            Extracted::Malformed(m) => Verify::ready(self.counted(Outcome::Malformed(m))),
         }
     }
 
@@ -313,7 +320,7 @@ impl ApiKeyCache {
     pub fn verify_key<'a>(&'a self, key: &str, required: &'a RequiredScopes) -> Verify<'a> {
         match validate_key(key.as_bytes()) {
             Ok(()) => self.verify_hash(self.hash_key(key), required),
-            Err(m) => Verify::ready(Outcome::Malformed(m)),
+            Err(m) => Verify::ready(self.counted(Outcome::Malformed(m))),
         }
     }
 
@@ -356,8 +363,8 @@ impl ApiKeyCache {
                 let hash = self.hash_key(key);
                 self.verify_cached(&hash, required).ok_or(hash)
             }
-            Extracted::Missing => Ok(Outcome::Missing),
-            Extracted::Malformed(m) => Ok(Outcome::Malformed(m)),
+            Extracted::Missing => Ok(self.counted(Outcome::Missing)),
+            Extracted::Malformed(m) => Ok(self.counted(Outcome::Malformed(m))),
         }
     }
 
@@ -373,7 +380,19 @@ impl ApiKeyCache {
         Box::pin(async move { this.verify_uncached(hash, &required).await })
     }
 
+    /// Counts `outcome` for the requests-by-outcome metric.
+    #[inline]
+    fn counted(&self, outcome: Outcome) -> Outcome {
+        self.inner.stats.outcomes[outcome.index()].incr();
+        outcome
+    }
+
     async fn verify_uncached(&self, hash: KeyHash, required: &RequiredScopes) -> Outcome {
+        let outcome = self.verify_uncounted(hash, required).await;
+        self.counted(outcome)
+    }
+
+    async fn verify_uncounted(&self, hash: KeyHash, required: &RequiredScopes) -> Outcome {
         if self.mode() == Mode::DatabaseOnly {
             return self.verify_from_store(&hash, required).await;
         }
@@ -411,7 +430,7 @@ impl ApiKeyCache {
         match inner.l1.get(hash) {
             Some(entry) => {
                 inner.stats.l1_hits.incr();
-                let outcome = self.judge(&entry, required);
+                let outcome = self.counted(self.judge(&entry, required));
                 if outcome == Outcome::Expired {
                     // Expired is final for this record: free the slot now
                     // rather than at the TTL.
@@ -463,7 +482,10 @@ impl ApiKeyCache {
         loop {
             match self.inner.flights.join(hash) {
                 Role::Leader(leader) => {
+                    let started = Instant::now();
                     let loaded = self.lead(hash).await;
+                    metrics::histogram!("apikey_cache_lookup_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     leader.finish(loaded.clone());
                     return loaded;
                 }
@@ -593,6 +615,7 @@ impl ApiKeyCache {
             invalidations_local: inner.stats.invalidations_local.load(Ordering::Relaxed),
             invalidations_remote: inner.stats.invalidations_remote.load(Ordering::Relaxed),
             mode: self.mode(),
+            outcomes: std::array::from_fn(|i| inner.stats.outcomes[i].get()),
         }
     }
 

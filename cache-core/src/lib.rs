@@ -65,6 +65,7 @@ mod events;
 mod extract;
 mod flight;
 mod hash;
+mod health;
 mod invalidation;
 mod l1;
 mod l2;
@@ -74,6 +75,7 @@ mod record;
 mod scope;
 mod stats;
 pub mod store;
+mod telemetry;
 
 pub use async_trait::async_trait;
 pub use breaker::BreakerState;
@@ -85,6 +87,7 @@ pub use extract::{
     MAX_KEY_LEN,
 };
 pub use hash::{generate_api_key, KeyGenError, KeyHash, KeyHasher, KEY_PREFIX};
+pub use health::{HealthReport, HealthStatus, InvalidationHealth, L1Health, L2Health, StoreHealth};
 pub use invalidation::InvalidateError;
 pub use outcome::{Outcome, Rejection, VerifiedKey};
 pub use record::{KeyId, KeyRecord, KeyStatus, RateLimit, UnknownStatus};

@@ -91,6 +91,34 @@ impl Outcome {
         }
     }
 
+    /// Every label of [`Outcome::label`], in [`Outcome::index`] order.
+    pub const LABELS: [&'static str; 9] = [
+        "valid",
+        "missing",
+        "malformed",
+        "unknown",
+        "revoked",
+        "disabled",
+        "expired",
+        "insufficient_scope",
+        "unavailable",
+    ];
+
+    /// A dense index of the variant, `0..LABELS.len()`.
+    pub const fn index(&self) -> usize {
+        match self {
+            Self::Valid(_) => 0,
+            Self::Missing => 1,
+            Self::Malformed(_) => 2,
+            Self::Unknown => 3,
+            Self::Revoked => 4,
+            Self::Disabled => 5,
+            Self::Expired => 6,
+            Self::InsufficientScope { .. } => 7,
+            Self::Unavailable => 8,
+        }
+    }
+
     /// A short stable label, e.g. for the `outcome` metric label.
     pub const fn label(&self) -> &'static str {
         match self {
@@ -251,6 +279,19 @@ mod tests {
             header(&r, "www-authenticate"),
             Some(r#"Bearer error="insufficient_scope", scope="orders:write x""#)
         );
+    }
+
+    #[test]
+    fn labels_match_indexes() {
+        for o in [
+            Outcome::Missing,
+            Outcome::Unknown,
+            Outcome::Expired,
+            Outcome::InsufficientScope { missing: vec![] },
+            Outcome::Unavailable,
+        ] {
+            assert_eq!(Outcome::LABELS[o.index()], o.label());
+        }
     }
 
     #[test]

@@ -38,6 +38,8 @@ impl StripedCounter {
 
 #[derive(Default)]
 pub(crate) struct Stats {
+    /// Requests by outcome, indexed by `Outcome::index`.
+    pub(crate) outcomes: [StripedCounter; 9],
     pub(crate) l1_hits: StripedCounter,
     pub(crate) l1_misses: StripedCounter,
     pub(crate) store_queries: AtomicU64,
@@ -105,4 +107,6 @@ pub struct CacheStats {
     pub invalidations_remote: u64,
     /// The effective mode.
     pub mode: crate::Mode,
+    /// Requests by outcome, indexed like [`Outcome::LABELS`](crate::Outcome::LABELS).
+    pub outcomes: [u64; 9],
 }

@@ -1,0 +1,265 @@
+//! The `/health/cache` report, framework-neutral: adapters serve
+//! [`ApiKeyCache::health`] as JSON with [`HealthReport::http_status`].
+//!
+//! Probes (one Redis `PING`, one store lookup of a random hash) run at most
+//! once a second whatever the probe rate: concurrent callers share one probe
+//! and later ones reuse its result until it is a second old.
+//!
+//! Status rules:
+//! * `unhealthy` (503): the store is down and the caches cannot answer
+//!   (`database_only` mode, or an empty L1 with Redis not up).
+//! * `degraded` (200): the store is down but caches answer; or Redis is
+//!   configured and down, its breaker is not closed, or the invalidation
+//!   subscriber is not listening.
+//! * `healthy` (200) otherwise. A low hit rate is reported, never a reason
+//!   to refuse traffic: a fresh pod starts cold.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::{ApiKeyCache, BreakerState, KeyHash, Mode};
+
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Overall verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Everything works.
+    Healthy,
+    /// Requests are answered, with reduced guarantees or speed.
+    Degraded,
+    /// Requests cannot be answered: take the instance out of rotation.
+    Unhealthy,
+}
+
+/// The `/health/cache` JSON document.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use apikey_cache::{ApiKeyCache, CacheConfig, HealthStatus, MemoryStore};
+///
+/// let cache = ApiKeyCache::new(CacheConfig::default(), Arc::new(MemoryStore::new())).unwrap();
+/// let report = cache.health().await;
+/// assert_eq!(report.status, HealthStatus::Healthy);
+/// assert_eq!(report.http_status(), 200);
+/// let json = serde_json::to_value(&report).unwrap();
+/// assert_eq!(json["l2"]["status"], "disabled");
+/// # });
+/// ```
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// Overall verdict.
+    pub status: HealthStatus,
+    /// `normal` or `database_only`.
+    pub mode: &'static str,
+    /// In-process tier.
+    pub l1: L1Health,
+    /// Redis tier.
+    pub l2: L2Health,
+    /// The store.
+    pub store: StoreHealth,
+    /// The invalidation subscriber.
+    pub invalidation: InvalidationHealth,
+    /// When the probes behind this report ran (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub checked_at: OffsetDateTime,
+}
+
+/// L1 figures.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct L1Health {
+    /// Entries held.
+    pub entries: u64,
+    /// Requests answered by L1.
+    pub hits: u64,
+    /// Requests L1 could not answer.
+    pub misses: u64,
+    /// `hits / (hits + misses)`, 0 before the first request.
+    pub hit_rate: f64,
+    /// "No such key" entries held.
+    pub negative_entries: u64,
+}
+
+/// Redis figures.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct L2Health {
+    /// `up`, `down` or `disabled` (no Redis URL).
+    pub status: &'static str,
+    /// `closed`, `open` or `half_open` (`closed` when disabled).
+    pub breaker: &'static str,
+    /// Round trip of the last probe or call, in milliseconds.
+    pub latency_ms: f64,
+    /// Reads answered by Redis.
+    pub hits: u64,
+    /// Reads Redis could not answer.
+    pub misses: u64,
+    /// Failed or timed-out calls.
+    pub errors: u64,
+}
+
+/// Store figures.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct StoreHealth {
+    /// `up` or `down`.
+    pub status: &'static str,
+    /// Round trip of the last probe, in milliseconds.
+    pub latency_ms: f64,
+}
+
+/// Invalidation subscriber figures.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct InvalidationHealth {
+    /// Listening on the event channel.
+    pub subscribed: bool,
+    /// Events received.
+    pub events_received: u64,
+    /// Reconnections that cleared L1.
+    pub resyncs: u64,
+}
+
+impl HealthReport {
+    /// 200 for healthy and degraded, 503 for unhealthy.
+    pub fn http_status(&self) -> u16 {
+        match self.status {
+            HealthStatus::Unhealthy => 503,
+            _ => 200,
+        }
+    }
+}
+
+/// The last probe results, shared by every health request within a second.
+#[derive(Debug, Clone)]
+pub(crate) struct Probe {
+    at: tokio::time::Instant,
+    checked_at: OffsetDateTime,
+    store_up: bool,
+    store_ms: f64,
+    /// `None` when Redis is not configured.
+    redis_up: Option<bool>,
+    redis_ms: f64,
+    /// L1 counts need a maintenance pass and a scan: once per probe too.
+    l1_entries: u64,
+    l1_negative: u64,
+}
+
+impl ApiKeyCache {
+    /// The health report, probing Redis and the store at most once a second.
+    pub async fn health(&self) -> HealthReport {
+        let probe = self.probe().await;
+        let s = self.stats();
+        let breaker = s.l2_breaker;
+        let l2_status = match probe.redis_up {
+            None => "disabled",
+            Some(true) if breaker == Some(BreakerState::Closed) => "up",
+            Some(_) => "down",
+        };
+        let l1_entries = probe.l1_entries;
+        let mode = self.mode();
+        let status = if !probe.store_up
+            && (mode == Mode::DatabaseOnly || (l2_status != "up" && l1_entries == 0))
+        {
+            HealthStatus::Unhealthy
+        } else if !probe.store_up
+            || (probe.redis_up.is_some() && (l2_status != "up" || !s.subscribed))
+        {
+            HealthStatus::Degraded
+        } else {
+            HealthStatus::Healthy
+        };
+        let lookups = s.l1_hits + s.l1_misses;
+        HealthReport {
+            status,
+            mode: mode.as_str(),
+            l1: L1Health {
+                entries: l1_entries,
+                hits: s.l1_hits,
+                misses: s.l1_misses,
+                hit_rate: if lookups == 0 {
+                    0.0
+                } else {
+                    s.l1_hits as f64 / lookups as f64
+                },
+                negative_entries: probe.l1_negative,
+            },
+            l2: L2Health {
+                status: l2_status,
+                breaker: breaker.unwrap_or(BreakerState::Closed).as_str(),
+                latency_ms: probe.redis_ms,
+                hits: s.l2_hits,
+                misses: s.l2_misses,
+                errors: s.l2_errors,
+            },
+            store: StoreHealth {
+                status: if probe.store_up { "up" } else { "down" },
+                latency_ms: probe.store_ms,
+            },
+            invalidation: InvalidationHealth {
+                subscribed: s.subscribed,
+                events_received: s.events_received,
+                resyncs: s.resyncs,
+            },
+            checked_at: probe.checked_at,
+        }
+    }
+
+    async fn probe(&self) -> Probe {
+        let inner = &*self.inner;
+        // Holding the async lock across the probe makes concurrent callers
+        // wait for this one probe instead of starting their own.
+        let mut last = inner.health_probe.lock().await;
+        if let Some(p) = last.as_ref().filter(|p| p.at.elapsed() < PROBE_EVERY) {
+            return p.clone();
+        }
+        // A random hash: a real indexed query that finds nothing.
+        let mut bytes = [0u8; 32];
+        let _ = getrandom::fill(&mut bytes);
+        let started = Instant::now();
+        let store_up = matches!(
+            tokio::time::timeout(
+                inner.config.store_timeout,
+                inner.store.find_by_hash(&KeyHash::from_bytes(bytes)),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        let store_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (redis_up, redis_ms) = match &inner.l2 {
+            None => (None, 0.0),
+            Some(l2) => {
+                let started = Instant::now();
+                let up = l2.call::<String>(&redis::cmd("PING")).await.is_ok();
+                (Some(up), started.elapsed().as_secs_f64() * 1e3)
+            }
+        };
+        inner.l1.sync();
+        let probe = Probe {
+            l1_entries: inner.l1.entry_count(),
+            l1_negative: inner.l1.negative_count(),
+            at: tokio::time::Instant::now(),
+            checked_at: OffsetDateTime::now_utc(),
+            store_up,
+            store_ms,
+            redis_up,
+            redis_ms,
+        };
+        inner.health_probes.fetch_add(1, Ordering::Relaxed);
+        *last = Some(probe.clone());
+        probe
+    }
+
+    /// How many health probes have run (each one Redis `PING` and one store
+    /// query at most): for tests of the once-a-second bound.
+    pub fn health_probe_count(&self) -> u64 {
+        self.inner.health_probes.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,119 @@
+//! The `/health/cache` report: status rules and the once-a-second probe bound.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apikey_cache::{
+    ApiKeyCache, CacheConfig, HealthStatus, KeyAdmin, MemoryStore, Mode, NewKey, RequiredScopes,
+};
+use support::redis::RedisServer;
+use support::store::CountingStore;
+
+fn setup(
+    config: CacheConfig,
+) -> (
+    Arc<MemoryStore>,
+    Arc<CountingStore<MemoryStore>>,
+    ApiKeyCache,
+) {
+    let mem = Arc::new(MemoryStore::new());
+    let store = CountingStore::new(mem.clone());
+    let cache = ApiKeyCache::new(config, store.clone()).unwrap();
+    (mem, store, cache)
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_at_most_once_a_second_whatever_the_rate() {
+    let (_, store, cache) = setup(CacheConfig::default());
+    let reports = futures_util::future::join_all((0..200).map(|_| cache.health())).await;
+    assert!(reports.iter().all(|r| r.status == HealthStatus::Healthy));
+    assert_eq!(cache.health_probe_count(), 1);
+    assert_eq!(store.lookups(), 1, "one store query for 200 probes");
+    tokio::time::advance(Duration::from_millis(999)).await;
+    cache.health().await;
+    assert_eq!(cache.health_probe_count(), 1);
+    tokio::time::advance(Duration::from_millis(2)).await;
+    cache.health().await;
+    assert_eq!(cache.health_probe_count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_rules() {
+    let (mem, store, cache) = setup(CacheConfig::default());
+    let json = serde_json::to_value(cache.health().await).unwrap();
+    for field in [
+        "status",
+        "mode",
+        "l1",
+        "l2",
+        "store",
+        "invalidation",
+        "checked_at",
+    ] {
+        assert!(json.get(field).is_some(), "missing {field}: {json}");
+    }
+    assert_eq!(json["l1"]["hit_rate"], 0.0, "a cold cache is still healthy");
+    assert_eq!(json["status"], "healthy");
+    assert_eq!(json["l2"]["status"], "disabled");
+
+    // Store down, nothing cached: unhealthy, 503.
+    store.set_failing(true);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let r = cache.health().await;
+    assert_eq!((r.status, r.http_status()), (HealthStatus::Unhealthy, 503));
+    assert_eq!(r.store.status, "down");
+
+    // Store down, but L1 can answer: degraded, 200.
+    store.set_failing(false);
+    let key = mem
+        .create_key(cache.hasher(), NewKey::new("a", ["x"]))
+        .await
+        .unwrap();
+    assert!(cache
+        .verify_key(&key.plaintext, &RequiredScopes::none())
+        .await
+        .is_valid());
+    store.set_failing(true);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let r = cache.health().await;
+    assert_eq!((r.status, r.http_status()), (HealthStatus::Degraded, 200));
+    assert_eq!(r.l1.hits + r.l1.misses, 1);
+
+    // Database-only with the store down: unhealthy whatever L1 holds.
+    cache.set_mode(Mode::DatabaseOnly);
+    let key2 = mem
+        .create_key(cache.hasher(), NewKey::new("a", ["x"]))
+        .await
+        .unwrap();
+    drop(key2);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let r = cache.health().await;
+    assert_eq!(r.mode, "database_only");
+    assert_eq!(r.status, HealthStatus::Unhealthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_degraded_not_unhealthy() {
+    let mut redis = RedisServer::start();
+    let (_, _, cache) = setup(
+        CacheConfig::builder()
+            .redis_url(redis.url())
+            .redis_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    );
+    support::wait_until("subscribed", || cache.stats().subscribed).await;
+    let r = cache.health().await;
+    assert_eq!(r.status, HealthStatus::Healthy);
+    assert_eq!(r.l2.status, "up");
+    assert!(r.invalidation.subscribed);
+    redis.kill9();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = cache.health().await;
+    assert_eq!(r.l2.status, "down");
+    assert_eq!((r.status, r.http_status()), (HealthStatus::Degraded, 200));
+}
