@@ -47,23 +47,21 @@
 //!   the invalidation's removal runs after the insert, or the loader sees the
 //!   bump; the old record cannot survive both.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::codec;
 use crate::events::{self, EventStats};
-use crate::extract::validate_key;
 use crate::flight::{self, Flights, Role};
+use crate::l1::Found;
 use crate::l1::{lifetime_until, Entry, L1};
 use crate::l2::{L2Read, L2};
+use crate::limits::Limiter;
 use crate::stats::{CacheStats, Stats};
+use crate::usage::Usage;
 use crate::{
-    CacheConfig, Clock, Extracted, HeaderSource, KeyExtractor, KeyHash, KeyHasher, KeyRecord,
-    KeyStatus, KeyStore, Mode, Outcome, RequiredScopes, SystemClock, VerifiedKey,
+    CacheConfig, Clock, KeyExtractor, KeyHash, KeyHasher, KeyRecord, KeyStore, Mode, SystemClock,
 };
 
 /// The cache could not be built.
@@ -100,53 +98,10 @@ pub(crate) struct Inner {
     pub(crate) events: EventStats,
     pub(crate) health_probe: tokio::sync::Mutex<Option<crate::health::Probe>>,
     pub(crate) health_probes: AtomicU64,
-}
-
-/// The future of [`ApiKeyCache::verify`]: ready at once on an L1 hit, a
-/// boxed load otherwise.
-#[must_use = "futures do nothing unless polled"]
-pub struct Verify<'a>(VerifyState<'a>);
-
-enum VerifyState<'a> {
-    Ready(Option<Outcome>),
-    Pending(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>),
-}
-
-impl Verify<'_> {
-    fn ready(outcome: Outcome) -> Self {
-        Self(VerifyState::Ready(Some(outcome)))
-    }
-
-    /// The outcome, if it was known without waiting (an L1 hit or an early
-    /// rejection); `Err(self)` if the future has to be awaited.
-    pub fn into_ready(self) -> Result<Outcome, Self> {
-        match self.0 {
-            VerifyState::Ready(Some(outcome)) => Ok(outcome),
-            state => Err(Self(state)),
-        }
-    }
-}
-
-impl std::fmt::Debug for Verify<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            VerifyState::Ready(o) => f.debug_tuple("Verify::Ready").field(o).finish(),
-            VerifyState::Pending(_) => f.write_str("Verify::Pending"),
-        }
-    }
-}
-
-impl Future for Verify<'_> {
-    type Output = Outcome;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        match &mut self.0 {
-            // `Outcome::Unavailable` after completion: polling a finished
-            // future is a caller bug, and failing closed is the safe answer.
-            VerifyState::Ready(o) => Poll::Ready(o.take().unwrap_or(Outcome::Unavailable)),
-            VerifyState::Pending(fut) => fut.as_mut().poll(cx),
-        }
-    }
+    pub(crate) usage: Usage,
+    pub(crate) limiter: Limiter,
+    /// Set by `shutdown`: the flusher stops, the final flush runs once.
+    pub(crate) shutting_down: AtomicBool,
 }
 
 /// Verifies API keys through an in-process cache, Redis and the store.
@@ -237,10 +192,17 @@ impl ApiKeyCacheBuilder {
                 events: EventStats::default(),
                 health_probe: tokio::sync::Mutex::new(None),
                 health_probes: AtomicU64::new(0),
+                usage: Usage::new(),
+                limiter: Limiter::new(),
+                shutting_down: AtomicBool::new(false),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(crate::telemetry::publisher(Arc::downgrade(&cache.inner)));
+            tokio::spawn(crate::usage::flusher(
+                Arc::downgrade(&cache.inner),
+                cache.inner.config.usage_flush_interval,
+            ));
         }
         if let Some(l2) = &cache.inner.l2 {
             tokio::spawn(events::subscriber(
@@ -300,185 +262,8 @@ impl ApiKeyCache {
         self.inner.hasher.hash(key.as_bytes())
     }
 
-    /// Verifies the key found in a request's headers.
-    ///
-    /// An L1 hit is answered before the returned future is first polled, so
-    /// the common case allocates nothing; a miss boxes the load.
-    pub fn verify<'a, R: HeaderSource + ?Sized>(
-        &'a self,
-        req: &R,
-        required: &'a RequiredScopes,
-    ) -> Verify<'a> {
-        match self.inner.extractor.extract(req) {
-            Extracted::Key(key) => self.verify_hash(self.hash_key(key), required),
-            Extracted::Missing => Verify::ready(self.counted(Outcome::Missing)),
-            Extracted::Malformed(m) => Verify::ready(self.counted(Outcome::Malformed(m))),
-        }
-    }
-
-    /// Verifies a bare key (already taken out of its header).
-    pub fn verify_key<'a>(&'a self, key: &str, required: &'a RequiredScopes) -> Verify<'a> {
-        match validate_key(key.as_bytes()) {
-            Ok(()) => self.verify_hash(self.hash_key(key), required),
-            Err(m) => Verify::ready(self.counted(Outcome::Malformed(m))),
-        }
-    }
-
-    /// Verifies a key by its hash.
-    pub fn verify_hash<'a>(&'a self, hash: KeyHash, required: &'a RequiredScopes) -> Verify<'a> {
-        match self.verify_cached(&hash, required) {
-            Some(outcome) => Verify::ready(outcome),
-            None => Verify(VerifyState::Pending(Box::pin(
-                self.verify_uncached(hash, required),
-            ))),
-        }
-    }
-
-    /// The synchronous half of [`verify`](Self::verify), for web adapters:
-    /// `Ok(outcome)` when the answer is known without waiting (an early
-    /// rejection or an L1 hit), `Err(hash)` when the key must be loaded; pass
-    /// that hash to [`verify_owned`](Self::verify_owned).
-    ///
-    /// ```
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// use std::sync::Arc;
-    /// use apikey_cache::{ApiKeyCache, CacheConfig, MemoryStore, Outcome, RequiredScopes};
-    ///
-    /// let cache = ApiKeyCache::new(CacheConfig::default(), Arc::new(MemoryStore::new())).unwrap();
-    /// let mut headers = http::HeaderMap::new();
-    /// assert_eq!(cache.verify_now(&headers, &RequiredScopes::none()), Ok(Outcome::Missing));
-    /// headers.insert("x-api-key", "ak_unknown".parse().unwrap());
-    /// let hash = cache.verify_now(&headers, &RequiredScopes::none()).unwrap_err();
-    /// let outcome = cache.verify_owned(hash, RequiredScopes::none()).await;
-    /// assert_eq!(outcome, Outcome::Unknown);
-    /// # });
-    /// ```
-    pub fn verify_now<R: HeaderSource + ?Sized>(
-        &self,
-        req: &R,
-        required: &RequiredScopes,
-    ) -> Result<Outcome, KeyHash> {
-        match self.inner.extractor.extract(req) {
-            Extracted::Key(key) => {
-                let hash = self.hash_key(key);
-                self.verify_cached(&hash, required).ok_or(hash)
-            }
-            Extracted::Missing => Ok(self.counted(Outcome::Missing)),
-            Extracted::Malformed(m) => Ok(self.counted(Outcome::Malformed(m))),
-        }
-    }
-
-    /// The asynchronous half of [`verify`](Self::verify): loads `hash`
-    /// (single flight, L2, store) and judges it. The future owns its inputs,
-    /// so it can be stored in a `'static` response future.
-    pub fn verify_owned(
-        &self,
-        hash: KeyHash,
-        required: RequiredScopes,
-    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'static>> {
-        let this = self.clone();
-        Box::pin(async move { this.verify_uncached(hash, &required).await })
-    }
-
-    /// Counts `outcome` for the requests-by-outcome metric.
-    #[inline]
-    fn counted(&self, outcome: Outcome) -> Outcome {
-        self.inner.stats.outcomes[outcome.index()].incr();
-        outcome
-    }
-
-    async fn verify_uncached(&self, hash: KeyHash, required: &RequiredScopes) -> Outcome {
-        let outcome = self.verify_uncounted(hash, required).await;
-        self.counted(outcome)
-    }
-
-    async fn verify_uncounted(&self, hash: KeyHash, required: &RequiredScopes) -> Outcome {
-        if self.mode() == Mode::DatabaseOnly {
-            return self.verify_from_store(&hash, required).await;
-        }
-        match self.load(hash).await {
-            Ok(entry) => self.judge(&entry, required),
-            // Stale-if-error: a record past its freshness but within the
-            // stale window, and not invalidated (invalidation removes it),
-            // is judged as usual, so it is never served past `expires_at`.
-            // A "not found" is never served stale.
-            Err(()) => match self.inner.l1.get_stale(&hash) {
-                Some(record) => {
-                    self.inner
-                        .stats
-                        .stale_served
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.judge(&Entry::Found(record, None), required)
-                }
-                None => Outcome::Unavailable,
-            },
-        }
-    }
-
-    /// The answer from L1 alone, without awaiting anything; `None` when L1
-    /// cannot answer (a miss, or `database_only` mode). Web adapters call
-    /// this first so the common case needs no future of its own.
-    #[inline]
-    pub fn verify_cached(&self, hash: &KeyHash, required: &RequiredScopes) -> Option<Outcome> {
-        let inner = &*self.inner;
-        // Both flags are 0 in normal mode: one load of each, no branch on
-        // the combined mode.
-        if inner.local_mode.load(Ordering::Relaxed) | inner.fleet_mode.load(Ordering::Relaxed) != 0
-        {
-            return None;
-        }
-        match inner.l1.get(hash) {
-            Some(entry) => {
-                inner.stats.l1_hits.incr();
-                let outcome = self.counted(self.judge(&entry, required));
-                if outcome == Outcome::Expired {
-                    // Expired is final for this record: free the slot now
-                    // rather than at the TTL.
-                    inner.l1.remove(hash);
-                }
-                Some(outcome)
-            }
-            None => {
-                inner.stats.l1_misses.incr();
-                None
-            }
-        }
-    }
-
-    /// Judges a record now: status, expiry, scopes.
-    fn judge(&self, entry: &Entry, required: &RequiredScopes) -> Outcome {
-        let record = match entry {
-            Entry::NotFound { .. } => return Outcome::Unknown,
-            Entry::Found(r, _) => r,
-        };
-        match record.status {
-            KeyStatus::Active => {}
-            KeyStatus::Revoked => return Outcome::Revoked,
-            KeyStatus::Disabled => return Outcome::Disabled,
-        }
-        if let Some(at) = record.expires_at {
-            if self.inner.clock.now() >= at {
-                return Outcome::Expired;
-            }
-        }
-        if !record.scopes.grants_all(required) {
-            return Outcome::InsufficientScope {
-                missing: record.scopes.missing(required),
-            };
-        }
-        Outcome::Valid(VerifiedKey::new(record.clone()))
-    }
-
-    async fn verify_from_store(&self, hash: &KeyHash, required: &RequiredScopes) -> Outcome {
-        match self.query_store(hash).await {
-            Ok(Some(record)) => self.judge(&Entry::Found(Arc::new(record), None), required),
-            Ok(None) => Outcome::Unknown,
-            Err(()) => Outcome::Unavailable,
-        }
-    }
-
     /// L1 missed: join or lead the single flight for `hash`.
-    async fn load(&self, hash: KeyHash) -> Loaded {
+    pub(crate) async fn load(&self, hash: KeyHash) -> Loaded {
         loop {
             match self.inner.flights.join(hash) {
                 Role::Leader(leader) => {
@@ -507,7 +292,7 @@ impl ApiKeyCache {
         if let Some(l2) = &inner.l2 {
             match l2.get(&hash).await {
                 L2Read::Found(record) => {
-                    let entry = inner.l1.found(Arc::from(record));
+                    let entry = inner.l1.found(self.found(*record));
                     self.fill_l1(hash, entry.clone(), generation);
                     return Ok(entry);
                 }
@@ -521,7 +306,7 @@ impl ApiKeyCache {
             }
         }
         let entry = match self.query_store(&hash).await {
-            Ok(Some(record)) => inner.l1.found(Arc::new(record)),
+            Ok(Some(record)) => inner.l1.found(self.found(record)),
             Ok(None) => inner.l1.not_found(),
             Err(()) => return Err(()),
         };
@@ -530,9 +315,9 @@ impl ApiKeyCache {
             // tombstone + SET NX guard covers the rest (see module docs).
             if inner.generation.load(Ordering::SeqCst) == generation {
                 let (value, ttl) = match &entry {
-                    Entry::Found(r, _) => (
-                        codec::encode_found(r),
-                        lifetime_until(r, inner.config.l2_ttl, &*inner.clock),
+                    Entry::Found(f, _) => (
+                        codec::encode_found(&f.record),
+                        lifetime_until(&f.record, inner.config.l2_ttl, &*inner.clock),
                     ),
                     Entry::NotFound { .. } => {
                         (codec::encode_not_found(), inner.config.negative_ttl)
@@ -547,8 +332,8 @@ impl ApiKeyCache {
 
     fn fill_l1(&self, hash: KeyHash, entry: Entry, generation: u64) {
         let inner = &*self.inner;
-        if let Entry::Found(r, _) = &entry {
-            if r.is_expired_at(inner.clock.now()) {
+        if let Entry::Found(f, _) = &entry {
+            if f.record.is_expired_at(inner.clock.now()) {
                 // Expired is final until the store says otherwise; keeping
                 // it would outlive `expires_at`.
                 return;
@@ -560,7 +345,13 @@ impl ApiKeyCache {
         }
     }
 
-    async fn query_store(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ()> {
+    /// Wraps a loaded record with its key's usage counter.
+    pub(crate) fn found(&self, record: KeyRecord) -> Arc<Found> {
+        let usage = self.inner.usage.cell(&record.id);
+        Arc::new(Found { record, usage })
+    }
+
+    pub(crate) async fn query_store(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ()> {
         let inner = &*self.inner;
         inner.stats.store_queries.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
@@ -591,6 +382,7 @@ impl ApiKeyCache {
     /// Counters and tier state.
     pub fn stats(&self) -> CacheStats {
         let inner = &*self.inner;
+        let pending = inner.usage.pending();
         let l2 = inner.l2.as_deref();
         let ms =
             |us: &AtomicU64| Duration::from_micros(us.load(Ordering::Relaxed)).as_secs_f64() * 1e3;
@@ -616,6 +408,10 @@ impl ApiKeyCache {
             invalidations_remote: inner.stats.invalidations_remote.load(Ordering::Relaxed),
             mode: self.mode(),
             outcomes: std::array::from_fn(|i| inner.stats.outcomes[i].get()),
+            usage_pending_keys: pending.keys,
+            usage_pending_increments: pending.increments,
+            usage_flush_errors: inner.usage.flush_errors.load(Ordering::Relaxed),
+            usage_flushed: inner.usage.flushed.load(Ordering::Relaxed),
         }
     }
 

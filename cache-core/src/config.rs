@@ -31,6 +31,7 @@
 //! | `TOMBSTONE_TTL` | `10s` | how long an invalidated key blocks Redis refills |
 //! | `BREAKER_THRESHOLD` | `5` | consecutive Redis failures that open the breaker |
 //! | `BREAKER_COOLDOWN` | `10s` | wait before probing Redis again |
+//! | `USAGE_FLUSH_INTERVAL` | `1s` | how often usage counts are flushed to Redis and the store |
 //! | `STALE_IF_ERROR` | `0s` | how long past its L1 TTL a record may answer while the store is down |
 //! | `PEPPER` | none | HMAC pepper for key hashes |
 //!
@@ -132,6 +133,8 @@ pub struct CacheConfig {
     /// down (never a "not found", never past `expires_at`, never after an
     /// invalidation). Zero turns it off.
     pub stale_if_error: Duration,
+    /// How often usage counts are flushed to Redis and the store.
+    pub usage_flush_interval: Duration,
     /// HMAC pepper for key hashes.
     pub pepper: Option<String>,
 }
@@ -153,6 +156,7 @@ impl Default for CacheConfig {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(10),
             stale_if_error: Duration::ZERO,
+            usage_flush_interval: Duration::from_secs(1),
             pepper: None,
         }
     }
@@ -175,6 +179,7 @@ impl fmt::Debug for CacheConfig {
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("stale_if_error", &self.stale_if_error)
+            .field("usage_flush_interval", &self.usage_flush_interval)
             .field("pepper", &self.pepper.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -239,6 +244,9 @@ impl CacheConfig {
                     c.breaker_cooldown = parse_duration_var("BREAKER_COOLDOWN", v)?
                 }
                 "STALE_IF_ERROR" => c.stale_if_error = parse_duration_var("STALE_IF_ERROR", v)?,
+                "USAGE_FLUSH_INTERVAL" => {
+                    c.usage_flush_interval = parse_duration_var("USAGE_FLUSH_INTERVAL", v)?
+                }
                 "PEPPER" => c.pepper = (!v.is_empty()).then(|| v.to_owned()),
                 _ => {}
             }
@@ -257,6 +265,13 @@ impl CacheConfig {
                     expected: "a redis://, rediss:// or redis+unix:// URL",
                 });
             }
+        }
+        if self.usage_flush_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "USAGE_FLUSH_INTERVAL",
+                value: "0".into(),
+                expected: "a positive duration",
+            });
         }
         if self.l1_capacity == 0 {
             return Err(ConfigError::Invalid {
@@ -372,6 +387,8 @@ impl CacheConfigBuilder {
         breaker_cooldown: Duration,
         /// How long past its L1 TTL a record may answer while the store is down.
         stale_if_error: Duration,
+        /// How often usage counts are flushed.
+        usage_flush_interval: Duration,
     }
 
     /// Checks and returns the configuration.

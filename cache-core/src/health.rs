@@ -66,6 +66,8 @@ pub struct HealthReport {
     pub store: StoreHealth,
     /// The invalidation subscriber.
     pub invalidation: InvalidationHealth,
+    /// Usage counters not yet flushed.
+    pub usage: UsageHealth,
     /// When the probes behind this report ran (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
     pub checked_at: OffsetDateTime,
@@ -125,6 +127,18 @@ pub struct InvalidationHealth {
     pub events_received: u64,
     /// Reconnections that cleared L1.
     pub resyncs: u64,
+}
+
+/// Usage counter figures.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct UsageHealth {
+    /// Keys with counts not yet in the store.
+    pub pending_keys: u64,
+    /// Counted requests not yet in the store.
+    pub pending_increments: u64,
+    /// Failed flushes (each retried).
+    pub flush_errors: u64,
 }
 
 impl HealthReport {
@@ -207,6 +221,11 @@ impl ApiKeyCache {
                 subscribed: s.subscribed,
                 events_received: s.events_received,
                 resyncs: s.resyncs,
+            },
+            usage: UsageHealth {
+                pending_keys: s.usage_pending_keys,
+                pending_increments: s.usage_pending_increments,
+                flush_errors: s.usage_flush_errors,
             },
             checked_at: probe.checked_at,
         }

@@ -132,7 +132,7 @@ impl ApiKeyCache {
         // them all (the generation bump keeps their results out of L1).
         inner.flights.forget_all();
         let dropped = inner.l1.remove_if(|entry| match entry {
-            Entry::Found(r, _) => r.owner == owner,
+            Entry::Found(f, _) => f.record.owner == owner,
             Entry::NotFound { .. } => false,
         });
         tracing::info!(owner, dropped, source, "owner invalidated");

@@ -12,14 +12,23 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
+use crate::usage::UsageCell;
 use crate::{Clock, KeyHash, KeyRecord};
+
+/// A record as the caches hold it: with its key's usage counter, so a valid
+/// request is counted with one atomic add.
+#[derive(Debug)]
+pub(crate) struct Found {
+    pub(crate) record: KeyRecord,
+    pub(crate) usage: Arc<UsageCell>,
+}
 
 /// What one tier knows about a hash.
 #[derive(Debug, Clone)]
 pub(crate) enum Entry {
     /// A record, fresh until the instant if one is set (only with
     /// stale-if-error: the entry then lives on, stale, for the stale window).
-    Found(Arc<KeyRecord>, Option<Instant>),
+    Found(Arc<Found>, Option<Instant>),
     /// No such key, believed until the deadline (the negative TTL).
     NotFound { until: Instant },
 }
@@ -80,14 +89,14 @@ impl L1 {
     /// A found entry for `hash` even if stale: what may answer while the
     /// store is down. Invalidation removes entries, so nothing invalidated
     /// comes back this way.
-    pub(crate) fn get_stale(&self, hash: &KeyHash) -> Option<Arc<KeyRecord>> {
+    pub(crate) fn get_stale(&self, hash: &KeyHash) -> Option<Arc<Found>> {
         match self.cache.get(hash) {
             Some(Entry::Found(record, _)) => Some(record),
             _ => None,
         }
     }
 
-    pub(crate) fn found(&self, record: Arc<KeyRecord>) -> Entry {
+    pub(crate) fn found(&self, record: Arc<Found>) -> Entry {
         let fresh = (!self.stale_window.is_zero()).then(|| Instant::now() + self.ttl);
         Entry::Found(record, fresh)
     }

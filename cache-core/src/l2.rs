@@ -256,6 +256,33 @@ impl L2 {
         self.call(redis::cmd("SET").arg(key).arg(value)).await
     }
 
+    /// Runs a Lua script (EVALSHA, loading it on first use) under the
+    /// timeout and the breaker.
+    pub(crate) async fn call_script<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, L2Error> {
+        if !self.breaker.allows() {
+            return Err(L2Error::BreakerOpen);
+        }
+        let mut conn = self.conn.clone();
+        // A first call loads the script: two round trips.
+        let budget = self.timeout * 2;
+        let result = match tokio::time::timeout(budget, inv.invoke_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(L2Error::Redis(e)),
+            Err(_) => Err(L2Error::Timeout),
+        };
+        match &result {
+            Ok(_) => self.breaker.on_success(),
+            Err(_) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.breaker.on_failure();
+            }
+        }
+        result
+    }
+
     async fn call_pipe(&self, pipe: &redis::Pipeline) -> Result<(), L2Error> {
         if !self.breaker.allows() {
             return Err(L2Error::BreakerOpen);

@@ -69,6 +69,7 @@ mod health;
 mod invalidation;
 mod l1;
 mod l2;
+mod limits;
 mod mode;
 mod outcome;
 mod record;
@@ -76,10 +77,12 @@ mod scope;
 mod stats;
 pub mod store;
 mod telemetry;
+mod usage;
+mod verify;
 
 pub use async_trait::async_trait;
 pub use breaker::BreakerState;
-pub use cache::{ApiKeyCache, ApiKeyCacheBuilder, BuildError, Verify};
+pub use cache::{ApiKeyCache, ApiKeyCacheBuilder, BuildError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{parse_duration, CacheConfig, CacheConfigBuilder, ConfigError, Mode};
 pub use extract::{
@@ -87,8 +90,11 @@ pub use extract::{
     MAX_KEY_LEN,
 };
 pub use hash::{generate_api_key, KeyGenError, KeyHash, KeyHasher, KEY_PREFIX};
-pub use health::{HealthReport, HealthStatus, InvalidationHealth, L1Health, L2Health, StoreHealth};
+pub use health::{
+    HealthReport, HealthStatus, InvalidationHealth, L1Health, L2Health, StoreHealth, UsageHealth,
+};
 pub use invalidation::InvalidateError;
+pub use limits::RateLimitInfo;
 pub use outcome::{Outcome, Rejection, VerifiedKey};
 pub use record::{KeyId, KeyRecord, KeyStatus, RateLimit, UnknownStatus};
 pub use scope::{RequiredScopes, Scopes};
@@ -101,3 +107,5 @@ pub use store::{
     CreatedKey, KeyAdmin, KeyDetails, KeyStore, MemoryStore, NewKey, StoreError, UsageBatch,
     UsageDelta,
 };
+pub use usage::ShutdownError;
+pub use verify::Verify;

@@ -16,7 +16,8 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::{KeyRecord, Malformed};
+use crate::l1::Found;
+use crate::{KeyRecord, Malformed, RateLimitInfo};
 
 /// A key that passed every check, as handlers see it. Cheap to clone.
 ///
@@ -25,30 +26,52 @@ use crate::{KeyRecord, Malformed};
 /// use apikey_cache::{KeyHasher, KeyId, KeyRecord, Scopes, VerifiedKey};
 ///
 /// let hash = KeyHasher::new(None).hash(b"ak_x");
-/// let key = VerifiedKey::new(Arc::new(KeyRecord::new(KeyId::from("k1"), hash, "acme", Scopes::new(["a"]))));
+/// let key = VerifiedKey::new(KeyRecord::new(KeyId::from("k1"), hash, "acme", Scopes::new(["a"])));
 /// assert_eq!(key.owner, "acme");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedKey(Arc<KeyRecord>);
+#[derive(Clone)]
+pub struct VerifiedKey(Arc<Found>);
 
 impl VerifiedKey {
-    /// Wraps a record.
-    pub fn new(record: Arc<KeyRecord>) -> Self {
-        Self(record)
+    /// Wraps a record (for tests and hand-made keys: requests counted
+    /// through it reach no usage counter).
+    pub fn new(record: KeyRecord) -> Self {
+        Self(Arc::new(Found {
+            record,
+            usage: Arc::default(),
+        }))
     }
 
-    /// The shared record.
-    pub fn record(&self) -> &Arc<KeyRecord> {
-        &self.0
+    pub(crate) fn from_found(found: Arc<Found>) -> Self {
+        Self(found)
+    }
+
+    /// The record.
+    pub fn record(&self) -> &KeyRecord {
+        &self.0.record
     }
 }
 
 impl Deref for VerifiedKey {
     type Target = KeyRecord;
     fn deref(&self) -> &KeyRecord {
-        &self.0
+        &self.0.record
     }
 }
+
+impl std::fmt::Debug for VerifiedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("VerifiedKey").field(&self.0.record).finish()
+    }
+}
+
+impl PartialEq for VerifiedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.record == other.0.record
+    }
+}
+
+impl Eq for VerifiedKey {}
 
 /// The result of verifying one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +98,15 @@ pub enum Outcome {
     },
     /// The store failed and no cache could answer: fail closed.
     Unavailable,
+    /// The key's rate limit is used up for now.
+    RateLimited(RateLimitInfo),
+    /// The key's monthly quota is used up.
+    QuotaExceeded {
+        /// Requests allowed per calendar month.
+        quota: u64,
+        /// Until the quota resets (the next month, UTC).
+        retry_after: std::time::Duration,
+    },
 }
 
 impl Outcome {
@@ -92,7 +124,7 @@ impl Outcome {
     }
 
     /// Every label of [`Outcome::label`], in [`Outcome::index`] order.
-    pub const LABELS: [&'static str; 9] = [
+    pub const LABELS: [&'static str; 11] = [
         "valid",
         "missing",
         "malformed",
@@ -102,6 +134,8 @@ impl Outcome {
         "expired",
         "insufficient_scope",
         "unavailable",
+        "rate_limited",
+        "quota_exceeded",
     ];
 
     /// A dense index of the variant, `0..LABELS.len()`.
@@ -116,6 +150,8 @@ impl Outcome {
             Self::Expired => 6,
             Self::InsufficientScope { .. } => 7,
             Self::Unavailable => 8,
+            Self::RateLimited(_) => 9,
+            Self::QuotaExceeded { .. } => 10,
         }
     }
 
@@ -131,6 +167,8 @@ impl Outcome {
             Self::Expired => "expired",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::Unavailable => "unavailable",
+            Self::RateLimited(_) => "rate_limited",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
         }
     }
 
@@ -184,6 +222,18 @@ impl Outcome {
                 "authentication is temporarily unavailable",
                 None,
             ),
+            Self::RateLimited(_) => (
+                429,
+                "rate_limited",
+                "the API key's rate limit is exceeded",
+                None,
+            ),
+            Self::QuotaExceeded { .. } => (
+                429,
+                "quota_exceeded",
+                "the API key's monthly quota is used up",
+                None,
+            ),
         };
         let mut body = serde_json::json!({ "error": error, "message": message });
         if let Self::InsufficientScope { missing } = self {
@@ -193,8 +243,21 @@ impl Outcome {
         if let Some(www) = www {
             headers.push(("www-authenticate", www));
         }
-        if status == 503 {
-            headers.push(("retry-after", "1".to_owned()));
+        // Whole seconds, rounded up: a client that waits exactly this long
+        // must not be refused again.
+        let secs = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        match self {
+            Self::Unavailable => headers.push(("retry-after", "1".to_owned())),
+            Self::RateLimited(info) => {
+                headers.push(("retry-after", secs(info.retry_after).max(1).to_string()));
+                headers.push(("ratelimit-limit", info.limit.to_string()));
+                headers.push(("ratelimit-remaining", info.remaining.to_string()));
+                headers.push(("ratelimit-reset", secs(info.reset_after).to_string()));
+            }
+            Self::QuotaExceeded { retry_after, .. } => {
+                headers.push(("retry-after", secs(*retry_after).max(1).to_string()));
+            }
+            _ => {}
         }
         Some(Rejection {
             status,
@@ -223,6 +286,7 @@ pub struct Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn header<'a>(r: &'a Rejection, name: &str) -> Option<&'a str> {
         r.headers
@@ -252,6 +316,24 @@ mod tests {
                 "insufficient_scope",
             ),
             (Outcome::Unavailable, 503, "auth_unavailable"),
+            (
+                Outcome::RateLimited(RateLimitInfo::new(
+                    5,
+                    0,
+                    Duration::from_secs(60),
+                    Duration::from_secs(12),
+                )),
+                429,
+                "rate_limited",
+            ),
+            (
+                Outcome::QuotaExceeded {
+                    quota: 10,
+                    retry_after: Duration::from_secs(3600),
+                },
+                429,
+                "quota_exceeded",
+            ),
         ];
         for (outcome, status, error) in cases {
             let r = outcome.rejection().unwrap();
@@ -261,6 +343,29 @@ mod tests {
             assert!(body["message"].is_string());
             assert_eq!(header(&r, "content-type"), Some("application/json"));
         }
+    }
+
+    #[test]
+    fn rate_limit_headers() {
+        let r = Outcome::RateLimited(RateLimitInfo::new(
+            100,
+            0,
+            Duration::from_millis(59_001),
+            Duration::from_millis(600),
+        ))
+        .rejection()
+        .unwrap();
+        assert_eq!(header(&r, "retry-after"), Some("1"));
+        assert_eq!(header(&r, "ratelimit-limit"), Some("100"));
+        assert_eq!(header(&r, "ratelimit-remaining"), Some("0"));
+        assert_eq!(header(&r, "ratelimit-reset"), Some("60"));
+        let q = Outcome::QuotaExceeded {
+            quota: 1,
+            retry_after: Duration::from_secs(90),
+        }
+        .rejection()
+        .unwrap();
+        assert_eq!(header(&q, "retry-after"), Some("90"));
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl StripedCounter {
 #[derive(Default)]
 pub(crate) struct Stats {
     /// Requests by outcome, indexed by `Outcome::index`.
-    pub(crate) outcomes: [StripedCounter; 9],
+    pub(crate) outcomes: [StripedCounter; 11],
     pub(crate) l1_hits: StripedCounter,
     pub(crate) l1_misses: StripedCounter,
     pub(crate) store_queries: AtomicU64,
@@ -108,5 +108,13 @@ pub struct CacheStats {
     /// The effective mode.
     pub mode: crate::Mode,
     /// Requests by outcome, indexed like [`Outcome::LABELS`](crate::Outcome::LABELS).
-    pub outcomes: [u64; 9],
+    pub outcomes: [u64; 11],
+    /// Keys with counted requests not yet in the store.
+    pub usage_pending_keys: u64,
+    /// Counted requests not yet in the store.
+    pub usage_pending_increments: u64,
+    /// Failed usage flushes (store or Redis), each retried.
+    pub usage_flush_errors: u64,
+    /// Requests flushed to the store by this instance.
+    pub usage_flushed: u64,
 }

@@ -20,6 +20,8 @@
 //! | `apikey_cache_invalidations_total` | counter | `source` = `local`, `remote` |
 //! | `apikey_cache_stale_served_total` | counter | |
 //! | `apikey_cache_resyncs_total` | counter | |
+//! | `apikey_cache_usage_flush_errors_total` | counter | |
+//! | `apikey_cache_usage_pending_increments` | gauge | |
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -63,6 +65,8 @@ impl ApiKeyCache {
             .absolute(s.invalidations_remote);
         counter!("apikey_cache_stale_served_total").absolute(s.stale_served);
         counter!("apikey_cache_resyncs_total").absolute(s.resyncs);
+        counter!("apikey_cache_usage_flush_errors_total").absolute(s.usage_flush_errors);
+        gauge!("apikey_cache_usage_pending_increments").set(s.usage_pending_increments as f64);
     }
 }
 

@@ -1,0 +1,302 @@
+//! The request path: extract, hash, L1, then (only on a miss or for a
+//! limited key) a boxed future for the load and the limiter.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::extract::validate_key;
+use crate::l1::{Entry, Found};
+use crate::limits::Decision;
+use crate::{
+    ApiKeyCache, Extracted, HeaderSource, KeyHash, KeyStatus, Mode, Outcome, RequiredScopes,
+    VerifiedKey,
+};
+
+/// The future of [`ApiKeyCache::verify`]: ready at once on an L1 hit, a
+/// boxed load otherwise.
+#[must_use = "futures do nothing unless polled"]
+pub struct Verify<'a>(VerifyState<'a>);
+
+enum VerifyState<'a> {
+    Ready(Option<Outcome>),
+    Pending(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>),
+}
+
+impl Verify<'_> {
+    fn ready(outcome: Outcome) -> Self {
+        Self(VerifyState::Ready(Some(outcome)))
+    }
+
+    /// The outcome, if it was known without waiting (an L1 hit or an early
+    /// rejection); `Err(self)` if the future has to be awaited.
+    pub fn into_ready(self) -> Result<Outcome, Self> {
+        match self.0 {
+            VerifyState::Ready(Some(outcome)) => Ok(outcome),
+            state => Err(Self(state)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Verify<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            VerifyState::Ready(o) => f.debug_tuple("Verify::Ready").field(o).finish(),
+            VerifyState::Pending(_) => f.write_str("Verify::Pending"),
+        }
+    }
+}
+
+impl Future for Verify<'_> {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match &mut self.0 {
+            // `Outcome::Unavailable` after completion: polling a finished
+            // future is a caller bug, and failing closed is the safe answer.
+            VerifyState::Ready(o) => Poll::Ready(o.take().unwrap_or(Outcome::Unavailable)),
+            VerifyState::Pending(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// A record's verdict before the limiter.
+enum Judged {
+    Done(Outcome),
+    /// Valid so far, but the key has a rate limit or quota to consult.
+    Limited(Arc<Found>),
+}
+
+/// What L1 alone can say.
+enum Cached {
+    Done(Outcome),
+    Limited(Arc<Found>),
+    Miss,
+}
+
+impl ApiKeyCache {
+    /// Verifies the key found in a request's headers.
+    ///
+    /// An L1 hit is answered before the returned future is first polled, so
+    /// the common case allocates nothing; a miss, or a key with a rate limit
+    /// or quota (one Redis round trip), boxes the rest.
+    pub fn verify<'a, R: HeaderSource + ?Sized>(
+        &'a self,
+        req: &R,
+        required: &'a RequiredScopes,
+    ) -> Verify<'a> {
+        match self.inner.extractor.extract(req) {
+            Extracted::Key(key) => self.verify_hash(self.hash_key(key), required),
+            Extracted::Missing => Verify::ready(self.counted(Outcome::Missing)),
+            Extracted::Malformed(m) => Verify::ready(self.counted(Outcome::Malformed(m))),
+        }
+    }
+
+    /// Verifies a bare key (already taken out of its header).
+    pub fn verify_key<'a>(&'a self, key: &str, required: &'a RequiredScopes) -> Verify<'a> {
+        match validate_key(key.as_bytes()) {
+            Ok(()) => self.verify_hash(self.hash_key(key), required),
+            Err(m) => Verify::ready(self.counted(Outcome::Malformed(m))),
+        }
+    }
+
+    /// Verifies a key by its hash.
+    pub fn verify_hash<'a>(&'a self, hash: KeyHash, required: &'a RequiredScopes) -> Verify<'a> {
+        match self.check_l1(&hash, required) {
+            Cached::Done(outcome) => Verify::ready(self.counted(outcome)),
+            Cached::Limited(found) => Verify(VerifyState::Pending(Box::pin(async move {
+                let outcome = self.limit(found).await;
+                self.counted(outcome)
+            }))),
+            Cached::Miss => Verify(VerifyState::Pending(Box::pin(async move {
+                let outcome = self.verify_uncached(hash, required).await;
+                self.counted(outcome)
+            }))),
+        }
+    }
+
+    /// The synchronous half of [`verify`](Self::verify), for web adapters:
+    /// `Ok(outcome)` when the answer is known without waiting (an early
+    /// rejection or an L1 hit), `Err(hash)` when it needs I/O; pass that
+    /// hash to [`verify_owned`](Self::verify_owned).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use apikey_cache::{ApiKeyCache, CacheConfig, MemoryStore, Outcome, RequiredScopes};
+    ///
+    /// let cache = ApiKeyCache::new(CacheConfig::default(), Arc::new(MemoryStore::new())).unwrap();
+    /// let mut headers = http::HeaderMap::new();
+    /// assert_eq!(cache.verify_now(&headers, &RequiredScopes::none()), Ok(Outcome::Missing));
+    /// headers.insert("x-api-key", "ak_unknown".parse().unwrap());
+    /// let hash = cache.verify_now(&headers, &RequiredScopes::none()).unwrap_err();
+    /// let outcome = cache.verify_owned(hash, RequiredScopes::none()).await;
+    /// assert_eq!(outcome, Outcome::Unknown);
+    /// # });
+    /// ```
+    pub fn verify_now<R: HeaderSource + ?Sized>(
+        &self,
+        req: &R,
+        required: &RequiredScopes,
+    ) -> Result<Outcome, KeyHash> {
+        match self.inner.extractor.extract(req) {
+            Extracted::Key(key) => {
+                let hash = self.hash_key(key);
+                match self.check_l1(&hash, required) {
+                    Cached::Done(outcome) => Ok(self.counted(outcome)),
+                    Cached::Limited(_) | Cached::Miss => Err(hash),
+                }
+            }
+            Extracted::Missing => Ok(self.counted(Outcome::Missing)),
+            Extracted::Malformed(m) => Ok(self.counted(Outcome::Malformed(m))),
+        }
+    }
+
+    /// The asynchronous half of [`verify`](Self::verify) for a hash that
+    /// [`verify_now`](Self::verify_now) could not answer. The future owns its
+    /// inputs, so it can live in a `'static` response future.
+    pub fn verify_owned(
+        &self,
+        hash: KeyHash,
+        required: RequiredScopes,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'static>> {
+        let this = self.clone();
+        Box::pin(async move { this.verify_hash(hash, &required).await })
+    }
+
+    /// The answer from L1 alone, without awaiting anything; `None` when L1
+    /// cannot answer (a miss, `database_only` mode, or a key whose rate limit
+    /// or quota needs Redis).
+    #[inline]
+    pub fn verify_cached(&self, hash: &KeyHash, required: &RequiredScopes) -> Option<Outcome> {
+        match self.check_l1(hash, required) {
+            Cached::Done(outcome) => Some(self.counted(outcome)),
+            Cached::Limited(_) | Cached::Miss => None,
+        }
+    }
+
+    #[inline]
+    fn check_l1(&self, hash: &KeyHash, required: &RequiredScopes) -> Cached {
+        let inner = &*self.inner;
+        // Both flags are 0 in normal mode: one load each, one branch.
+        if inner.local_mode.load(Ordering::Relaxed) | inner.fleet_mode.load(Ordering::Relaxed) != 0
+        {
+            return Cached::Miss;
+        }
+        match inner.l1.get(hash) {
+            Some(entry) => {
+                inner.stats.l1_hits.incr();
+                match self.judge(&entry, required) {
+                    Judged::Done(Outcome::Expired) => {
+                        // Expired is final for this record: free the slot
+                        // now rather than at the TTL.
+                        inner.l1.remove(hash);
+                        Cached::Done(Outcome::Expired)
+                    }
+                    Judged::Done(outcome) => Cached::Done(outcome),
+                    Judged::Limited(found) => Cached::Limited(found),
+                }
+            }
+            None => {
+                inner.stats.l1_misses.incr();
+                Cached::Miss
+            }
+        }
+    }
+
+    /// Counts `outcome` for the requests-by-outcome metric.
+    #[inline]
+    pub(crate) fn counted(&self, outcome: Outcome) -> Outcome {
+        self.inner.stats.outcomes[outcome.index()].incr();
+        outcome
+    }
+
+    async fn verify_uncached(&self, hash: KeyHash, required: &RequiredScopes) -> Outcome {
+        let entry = if self.mode() == Mode::DatabaseOnly {
+            match self.query_store(&hash).await {
+                Ok(Some(record)) => Entry::Found(self.found(record), None),
+                Ok(None) => return Outcome::Unknown,
+                Err(()) => return Outcome::Unavailable,
+            }
+        } else {
+            match self.load(hash).await {
+                Ok(entry) => entry,
+                // Stale-if-error: a record past its freshness but within the
+                // stale window, and not invalidated (invalidation removes
+                // it), is judged as usual, so never past `expires_at`. A "not
+                // found" is never served stale.
+                Err(()) => match self.inner.l1.get_stale(&hash) {
+                    Some(found) => {
+                        self.inner
+                            .stats
+                            .stale_served
+                            .fetch_add(1, Ordering::Relaxed);
+                        Entry::Found(found, None)
+                    }
+                    None => return Outcome::Unavailable,
+                },
+            }
+        };
+        match self.judge(&entry, required) {
+            Judged::Done(outcome) => outcome,
+            Judged::Limited(found) => self.limit(found).await,
+        }
+    }
+
+    /// Judges a record now: status, expiry, scopes. Counts a valid request
+    /// unless a limiter still has to decide.
+    #[inline]
+    fn judge(&self, entry: &Entry, required: &RequiredScopes) -> Judged {
+        let found = match entry {
+            Entry::NotFound { .. } => return Judged::Done(Outcome::Unknown),
+            Entry::Found(f, _) => f,
+        };
+        let record = &found.record;
+        match record.status {
+            KeyStatus::Active => {}
+            KeyStatus::Revoked => return Judged::Done(Outcome::Revoked),
+            KeyStatus::Disabled => return Judged::Done(Outcome::Disabled),
+        }
+        if let Some(at) = record.expires_at {
+            if self.inner.clock.now() >= at {
+                return Judged::Done(Outcome::Expired);
+            }
+        }
+        if !record.scopes.grants_all(required) {
+            return Judged::Done(Outcome::InsufficientScope {
+                missing: record.scopes.missing(required),
+            });
+        }
+        if record.rate_limit.is_some() || record.monthly_quota.is_some() {
+            return Judged::Limited(found.clone());
+        }
+        found.usage.incr();
+        Judged::Done(Outcome::Valid(VerifiedKey::from_found(found.clone())))
+    }
+
+    /// Consults the rate limit and quota of a key that is otherwise valid.
+    async fn limit(&self, found: Arc<Found>) -> Outcome {
+        let inner = &*self.inner;
+        let decision = inner
+            .limiter
+            .check(
+                &found.record,
+                inner.clock.now(),
+                inner.l2.as_deref(),
+                &inner.config.key_prefix,
+            )
+            .await;
+        match decision {
+            Decision::Allow => {
+                found.usage.incr();
+                Outcome::Valid(VerifiedKey::from_found(found))
+            }
+            Decision::RateLimited(info) => Outcome::RateLimited(info),
+            Decision::QuotaExceeded { quota, retry_after } => {
+                Outcome::QuotaExceeded { quota, retry_after }
+            }
+        }
+    }
+}
