@@ -3,6 +3,8 @@
 //! * `floor`: SHA-256 of a 43-byte key plus a moka `get` of an `Arc`.
 //! * `l1_hit`: `ApiKeyCache::verify_key` answered by L1.
 //! * `l2_hit`: L1 disabled (TTL 0), answered by Redis on loopback.
+//! * `l1_hit_rate_limited`: an L1 hit on a key with a rate limit: one
+//!   limiter script round trip to Redis.
 //! * `store_sqlite` / `store_postgres`: `database_only` mode, every call a query.
 //!
 //! Redis: `BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`). PostgreSQL:
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use apikey_cache::{
     generate_api_key, ApiKeyCache, CacheConfig, KeyAdmin, KeyHasher, KeyId, KeyRecord, MemoryStore,
-    Mode, PostgresStore, RequiredScopes, Scopes, SqliteStore,
+    Mode, PostgresStore, RateLimit, RequiredScopes, Scopes, SqliteStore,
 };
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
@@ -127,6 +129,39 @@ fn bench(c: &mut Criterion) {
         }
         cache
     });
+    // A rate-limited key: L1 hit plus one limiter script round trip.
+    let limited_cache = rt.block_on(async {
+        let config = CacheConfig::builder()
+            .redis_url(redis_url.clone())
+            .key_prefix(format!(
+                "apikey-cache-bench-rl-{}:",
+                uuid::Uuid::new_v4().simple()
+            ))
+            .build()
+            .expect("config");
+        let cache = ApiKeyCache::new(config, mem.clone()).expect("cache");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cache
+    });
+    let limited_key = generate_api_key().expect("rng");
+    let mut record = KeyRecord::new(
+        KeyId::new("rate_limited"),
+        limited_cache.hash_key(&limited_key),
+        "bench",
+        Scopes::new(["orders:*"]),
+    );
+    // High enough never to refuse: this measures the round trip.
+    record.rate_limit = Some(RateLimit::new(u32::MAX, Duration::from_secs(1)));
+    mem.insert(record);
+    if limited_cache.stats().l2_errors == 0 {
+        group.bench_function("l1_hit_rate_limited", |b| {
+            b.to_async(&rt).iter(|| {
+                let (cache, key) = (&limited_cache, &limited_key);
+                async { black_box(cache.verify_key(key, &required).await) }
+            })
+        });
+    }
+
     if l2_cache.stats().l2_errors == 0 {
         let before = l2_cache.stats().store_queries;
         let mut i = 0usize;

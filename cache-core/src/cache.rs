@@ -267,6 +267,12 @@ impl ApiKeyCache {
         loop {
             match self.inner.flights.join(hash) {
                 Role::Leader(leader) => {
+                    // A flight that filled L1 may have ended between our L1
+                    // miss and our joining: look again before going out.
+                    if let Some(entry) = self.inner.l1.get(&hash) {
+                        leader.finish(Ok(entry.clone()));
+                        return Ok(entry);
+                    }
                     let started = Instant::now();
                     let loaded = self.lead(hash).await;
                     metrics::histogram!("apikey_cache_lookup_duration_seconds")

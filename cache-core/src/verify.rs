@@ -163,7 +163,19 @@ impl ApiKeyCache {
         required: RequiredScopes,
     ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'static>> {
         let this = self.clone();
-        Box::pin(async move { this.verify_hash(hash, &required).await })
+        Box::pin(async move {
+            // `verify_now` already counted this request's L1 hit or miss;
+            // look again (a load may have finished meanwhile) without
+            // counting it twice.
+            let outcome = match this.inner.l1.get(&hash) {
+                Some(entry) if this.mode() == Mode::Normal => match this.judge(&entry, &required) {
+                    Judged::Done(outcome) => outcome,
+                    Judged::Limited(found) => this.limit(found).await,
+                },
+                _ => this.verify_uncached(hash, &required).await,
+            };
+            this.counted(outcome)
+        })
     }
 
     /// The answer from L1 alone, without awaiting anything; `None` when L1
