@@ -103,6 +103,8 @@ mod body;
 #[cfg(feature = "axum")]
 mod extract;
 mod future;
+#[cfg(feature = "axum")]
+mod health;
 mod layer;
 mod response;
 mod service;
@@ -111,5 +113,7 @@ pub use body::ResponseBody;
 #[cfg(feature = "axum")]
 pub use extract::{ApiKeyLayerMissing, Authenticated};
 pub use future::ResponseFuture;
+#[cfg(feature = "axum")]
+pub use health::{health_router, HEALTH_PATH};
 pub use layer::ApiKeyLayer;
 pub use service::ApiKey;
