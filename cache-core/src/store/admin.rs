@@ -67,6 +67,30 @@ impl NewKey {
     }
 }
 
+impl NewKey {
+    /// Generates the key and builds its record, created at `now`: what every
+    /// store's `create_key` does before writing.
+    pub(crate) fn issue(
+        self,
+        hasher: &crate::KeyHasher,
+        now: OffsetDateTime,
+    ) -> Result<CreatedKey, StoreError> {
+        let plaintext = crate::generate_api_key()?;
+        let mut record = KeyRecord::new(
+            KeyId::generate(),
+            hasher.hash(plaintext.as_bytes()),
+            self.owner,
+            crate::Scopes::new(self.scopes),
+        );
+        record.expires_at = self.expires_at;
+        record.rate_limit = self.rate_limit;
+        record.monthly_quota = self.monthly_quota;
+        record.created_at = now;
+        record.updated_at = now;
+        Ok(CreatedKey { record, plaintext })
+    }
+}
+
 /// A freshly issued key: the only time its plaintext exists outside the
 /// caller's hands.
 #[derive(Clone)]

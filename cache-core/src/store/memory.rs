@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{CreatedKey, KeyAdmin, KeyDetails, KeyStore, NewKey, StoreError, UsageBatch};
-use crate::{generate_api_key, KeyHash, KeyHasher, KeyId, KeyRecord, KeyStatus, Scopes};
+use crate::{KeyHash, KeyHasher, KeyId, KeyRecord, KeyStatus};
 
 #[derive(Default)]
 struct Inner {
@@ -142,18 +142,9 @@ impl KeyAdmin for MemoryStore {
     }
 
     async fn create_key(&self, hasher: &KeyHasher, new: NewKey) -> Result<CreatedKey, StoreError> {
-        let plaintext = generate_api_key()?;
-        let mut record = KeyRecord::new(
-            KeyId::generate(),
-            hasher.hash(plaintext.as_bytes()),
-            new.owner,
-            Scopes::new(new.scopes),
-        );
-        record.expires_at = new.expires_at;
-        record.rate_limit = new.rate_limit;
-        record.monthly_quota = new.monthly_quota;
-        self.insert(record.clone());
-        Ok(CreatedKey { record, plaintext })
+        let issued = new.issue(hasher, OffsetDateTime::now_utc())?;
+        self.insert(issued.record.clone());
+        Ok(issued)
     }
 
     async fn import_key(&self, record: &KeyRecord) -> Result<KeyRecord, StoreError> {

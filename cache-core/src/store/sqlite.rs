@@ -15,7 +15,7 @@ use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::{CreatedKey, KeyAdmin, KeyDetails, KeyStore, NewKey, StoreError, UsageBatch};
-use crate::{generate_api_key, KeyHash, KeyHasher, KeyId, KeyRecord, KeyStatus, RateLimit, Scopes};
+use crate::{KeyHash, KeyHasher, KeyId, KeyRecord, KeyStatus, RateLimit, Scopes};
 
 /// The columns [`decode_record`] reads, in `SELECT` order.
 macro_rules! record_columns {
@@ -327,20 +327,8 @@ impl KeyAdmin for SqliteStore {
     }
 
     async fn create_key(&self, hasher: &KeyHasher, new: NewKey) -> Result<CreatedKey, StoreError> {
-        let plaintext = generate_api_key()?;
-        let now = truncate_ms(OffsetDateTime::now_utc());
-        let mut record = KeyRecord::new(
-            KeyId::generate(),
-            hasher.hash(plaintext.as_bytes()),
-            new.owner,
-            Scopes::new(new.scopes),
-        );
-        record.expires_at = new.expires_at;
-        record.rate_limit = new.rate_limit;
-        record.monthly_quota = new.monthly_quota;
-        record.created_at = now;
-        record.updated_at = now;
-        let record = normalize(&record);
+        let issued = new.issue(hasher, truncate_ms(OffsetDateTime::now_utc()))?;
+        let (record, plaintext) = (normalize(&issued.record), issued.plaintext);
         self.write_record(&record, insert_record!()).await?;
         Ok(CreatedKey { record, plaintext })
     }

@@ -1,0 +1,101 @@
+//! The servers of the side-by-side HTTP comparison: one axum app, three
+//! ways to guard `GET /v1/whoami`.
+//!
+//! ```text
+//! bench-server noauth   # no authentication at all
+//! bench-server bearer   # tower-http AsyncRequireAuthorizationLayer, a static check
+//! bench-server apikey   # ApiKeyLayer over 10k keys, all in L1
+//! ```
+//!
+//! Listens on 127.0.0.1:$PORT (default 8080). Keys are `ak_bench_` plus a
+//! zero-padded number `0..10000` padded to 43 characters, the shape of a
+//! generated key; `benches/wrk/random-key.lua` sends one at random per
+//! request. Run through `../shared/tools/ab-bench`, see the README.
+
+use std::sync::Arc;
+
+use apikey_cache::{
+    ApiKeyCache, CacheConfig, KeyId, KeyRecord, MemoryStore, RequiredScopes, Scopes,
+};
+use apikey_cache_tower::{ApiKeyLayer, Authenticated};
+use axum::body::Body;
+use axum::http::{header, Request, Response, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
+
+const KEYS: usize = 10_000;
+
+/// The bench key number `i`.
+fn key(i: usize) -> String {
+    format!("ak_bench_{i:06}{}", "x".repeat(43 - 15))
+}
+
+async fn whoami() -> &'static str {
+    r#"{"ok":true}"#
+}
+
+async fn whoami_keyed(Authenticated(key): Authenticated) -> &'static str {
+    std::hint::black_box(&key.id);
+    r#"{"ok":true}"#
+}
+
+/// The cheapest credible bearer check: right scheme, right prefix and
+/// length, no lookup.
+#[derive(Clone, Copy)]
+struct StaticBearer;
+
+impl<B: Send + 'static> AsyncAuthorizeRequest<B> for StaticBearer {
+    type RequestBody = B;
+    type ResponseBody = Body;
+    type Future = std::future::Ready<Result<Request<B>, Response<Body>>>;
+
+    fn authorize(&mut self, req: Request<B>) -> Self::Future {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|t| t.len() == 43 && t.starts_with(b"ak_bench_"));
+        std::future::ready(if ok {
+            Ok(req)
+        } else {
+            let mut res = Response::new(Body::from(r#"{"error":"invalid_api_key"}"#));
+            *res.status_mut() = StatusCode::UNAUTHORIZED;
+            Err(res)
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mode = std::env::args().nth(1).unwrap_or_else(|| "apikey".into());
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let app = match mode.as_str() {
+        "noauth" => Router::new().route("/v1/whoami", get(whoami)),
+        "bearer" => Router::new()
+            .route("/v1/whoami", get(whoami))
+            .route_layer(AsyncRequireAuthorizationLayer::new(StaticBearer)),
+        "apikey" => {
+            let store = Arc::new(MemoryStore::new());
+            let cache = ApiKeyCache::new(CacheConfig::default(), store.clone())?;
+            for i in 0..KEYS {
+                let k = key(i);
+                store.insert(KeyRecord::new(
+                    KeyId::new(format!("key_{i}")),
+                    cache.hash_key(&k),
+                    format!("owner_{}", i % 100),
+                    Scopes::new(["orders:*", "whoami"]),
+                ));
+                // Warm L1 so the run measures hits.
+                cache.verify_key(&k, &RequiredScopes::none()).await;
+            }
+            Router::new()
+                .route("/v1/whoami", get(whoami_keyed))
+                .route_layer(ApiKeyLayer::new(cache).require(["whoami"]))
+        }
+        other => return Err(format!("unknown mode {other}: noauth, bearer or apikey").into()),
+    };
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
