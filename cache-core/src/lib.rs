@@ -37,9 +37,20 @@
 //! * `record.rs`, `scope.rs`: [`KeyRecord`] and its [`Scopes`].
 //! * `store/`: the [`KeyStore`] trait, [`KeyAdmin`], and the SQLite,
 //!   PostgreSQL and in-memory stores.
-//! * `cache.rs`: [`ApiKeyCache`], the verification path and invalidation.
+//! * `cache.rs`: [`ApiKeyCache`], its builder, the load path (single flight,
+//!   L2, store) and the argument that closes the refill race.
+//! * `verify.rs`: the request path, [`Verify`] and the sync/owned halves for
+//!   web adapters.
 //! * `l1.rs`, `l2.rs`, `codec.rs`, `breaker.rs`, `flight.rs`: the tiers, the
 //!   Redis value format, the Redis circuit breaker, single flight.
+//! * `invalidation.rs`, `events.rs`: invalidating keys and owners on every
+//!   instance; the pub/sub subscriber and its resync.
+//! * `mode.rs`: normal and emergency `database_only` mode, per instance or
+//!   fleet-wide.
+//! * `usage.rs`, `limits.rs`: usage counters and their exactly-once flushes;
+//!   GCRA rate limits and monthly quotas.
+//! * `health.rs`, `telemetry.rs`, `stats.rs`: the `/health/cache` report,
+//!   Prometheus metrics through the `metrics` facade, counters.
 //! * `outcome.rs`: [`Outcome`] and its HTTP rendering ([`Rejection`]), shared by
 //!   the web adapters.
 //! * `config.rs`: [`CacheConfig`], its builder and `from_env()`.
@@ -53,6 +64,14 @@
 //!   `invalid_api_key` (not `missing_api_key`).
 //! * A repeated key header (two `X-API-Key`s, two `Authorization`s) is
 //!   refused as malformed rather than guessing which one counts.
+//! * Usage `last_used_at` is the flush time of the batch that carried the
+//!   request (exact to `usage_flush_interval`): reading the clock on every
+//!   request would cost more than counting it.
+//! * While Redis is unavailable, rate limits are enforced per instance and
+//!   quotas count this instance's requests only (see `limits.rs` for why
+//!   failing open on quotas beats refusing all limited traffic).
+//! * A subscriber that (re)subscribes clears L1, including on its first
+//!   subscription: loads that ran before it listened may have missed events.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
