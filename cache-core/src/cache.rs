@@ -102,6 +102,7 @@ pub(crate) struct Inner {
     pub(crate) limiter: Limiter,
     /// Set by `shutdown`: the flusher stops, the final flush runs once.
     pub(crate) shutting_down: AtomicBool,
+    pub(crate) failed_invalidations: std::sync::Mutex<crate::invalidation::FailedInvalidations>,
 }
 
 /// Verifies API keys through an in-process cache, Redis and the store.
@@ -195,6 +196,7 @@ impl ApiKeyCacheBuilder {
                 usage: Usage::new(),
                 limiter: Limiter::new(),
                 shutting_down: AtomicBool::new(false),
+                failed_invalidations: Default::default(),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -205,6 +207,7 @@ impl ApiKeyCacheBuilder {
             ));
         }
         if let Some(l2) = &cache.inner.l2 {
+            tokio::spawn(crate::invalidation::retrier(Arc::downgrade(&cache.inner)));
             tokio::spawn(events::subscriber(
                 Arc::downgrade(&cache.inner),
                 l2.client().clone(),

@@ -16,9 +16,10 @@ use crate::{ApiKeyCache, KeyHash, KeyId, StoreError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InvalidateError {
-    /// This instance dropped the entry, but Redis could not be updated:
-    /// other instances may keep serving the old record from their L1 (until
-    /// `l1_ttl`) or from Redis (until `l2_ttl`). Retry the call.
+    /// This instance dropped the entry, but Redis could not be updated.
+    /// The cache keeps retrying in the background
+    /// ([`ApiKeyCache::pending_invalidations`]); until it lands, other
+    /// instances may serve the old record from their L1 (at most `l1_ttl`).
     #[error("redis could not be updated: {0}")]
     Redis(String),
     /// The store could not say which keys to drop.
@@ -28,6 +29,26 @@ pub enum InvalidateError {
 
 /// Redis commands per pipeline when tombstoning many keys.
 const TOMBSTONE_BATCH: usize = 100;
+
+/// How often failed invalidations are retried.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Invalidations that did not reach Redis yet.
+#[derive(Debug, Default)]
+pub(crate) struct FailedInvalidations {
+    hashes: std::collections::HashSet<KeyHash>,
+    owners: std::collections::HashSet<String>,
+}
+
+/// Retries failed invalidations for as long as the cache lives.
+pub(crate) async fn retrier(cache: std::sync::Weak<crate::cache::Inner>) {
+    let mut tick = tokio::time::interval(RETRY_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(inner) = cache.upgrade() else { return };
+        ApiKeyCache { inner }.retry_failed_invalidations().await;
+    }
+}
 
 impl ApiKeyCache {
     /// Drops `hash` from every tier on every instance: this instance's L1 at
@@ -52,17 +73,112 @@ impl ApiKeyCache {
     /// ```
     pub async fn invalidate(&self, hash: &KeyHash) -> Result<(), InvalidateError> {
         self.invalidate_local(hash, "local");
+        if self.inner.l2.is_none() {
+            return Ok(());
+        }
+        let result = self
+            .invalidate_remote(std::slice::from_ref(hash), None)
+            .await;
+        if result.is_err() {
+            self.remember_failed(std::slice::from_ref(hash), None);
+        }
+        result
+    }
+
+    /// Tombstones `hashes` in Redis, then publishes one event per hash, or
+    /// one owner event if `owner` is given.
+    async fn invalidate_remote(
+        &self,
+        hashes: &[KeyHash],
+        owner: Option<&str>,
+    ) -> Result<(), InvalidateError> {
         let Some(l2) = &self.inner.l2 else {
             return Ok(());
         };
         let redis_err = |e: crate::l2::L2Error| InvalidateError::Redis(e.to_string());
-        l2.tombstone(hash, self.inner.config.tombstone_ttl)
-            .await
-            .map_err(redis_err)?;
-        let event = events::encode(&self.inner.instance_id, Action::Key { h: hash.to_hex() });
-        l2.publish(&events::channel(&self.inner.config.key_prefix), event)
-            .await
-            .map_err(redis_err)
+        for batch in hashes.chunks(TOMBSTONE_BATCH) {
+            l2.tombstone_many(batch, self.inner.config.tombstone_ttl)
+                .await
+                .map_err(redis_err)?;
+        }
+        let channel = events::channel(&self.inner.config.key_prefix);
+        let origin = &self.inner.instance_id;
+        match owner {
+            Some(o) => {
+                let event = events::encode(origin, Action::Owner { o: o.to_owned() });
+                l2.publish(&channel, event).await.map_err(redis_err)?;
+            }
+            None => {
+                for hash in hashes {
+                    let event = events::encode(origin, Action::Key { h: hash.to_hex() });
+                    l2.publish(&channel, event).await.map_err(redis_err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps what could not reach Redis for the background retrier: until it
+    /// lands, Redis may still hold the old record, and other instances would
+    /// read it back once Redis answers again.
+    fn remember_failed(&self, hashes: &[KeyHash], owner: Option<&str>) {
+        let mut pending = self
+            .inner
+            .failed_invalidations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.hashes.extend(hashes.iter().copied());
+        if let Some(o) = owner {
+            pending.owners.insert(o.to_owned());
+        }
+        tracing::warn!(
+            hashes = pending.hashes.len(),
+            owners = pending.owners.len(),
+            "invalidation did not reach redis; retrying in the background"
+        );
+    }
+
+    /// Invalidations waiting to reach Redis.
+    pub fn pending_invalidations(&self) -> usize {
+        let pending = self
+            .inner
+            .failed_invalidations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.hashes.len() + pending.owners.len()
+    }
+
+    /// Delivers failed invalidations as soon as Redis takes them again.
+    pub(crate) async fn retry_failed_invalidations(&self) {
+        let taken = {
+            let mut pending = self
+                .inner
+                .failed_invalidations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if pending.hashes.is_empty() && pending.owners.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *pending)
+        };
+        let hashes: Vec<KeyHash> = taken.hashes.iter().copied().collect();
+        let mut failed = FailedInvalidations::default();
+        if self.invalidate_remote(&hashes, None).await.is_err() {
+            failed.hashes = taken.hashes;
+        }
+        for owner in taken.owners {
+            // The owner's hashes are in `hashes` already; only the event.
+            if self.invalidate_remote(&[], Some(&owner)).await.is_err() {
+                failed.owners.insert(owner);
+            }
+        }
+        let mut pending = self
+            .inner
+            .failed_invalidations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.hashes.extend(failed.hashes);
+        pending.owners.extend(failed.owners);
     }
 
     /// [`invalidate`](Self::invalidate) by key id (one store lookup for the
@@ -88,9 +204,9 @@ impl ApiKeyCache {
     /// Revoke the keys in the store first (e.g. `KeyAdmin::revoke_owner`).
     pub async fn invalidate_owner(&self, owner: &str) -> Result<(), InvalidateError> {
         self.invalidate_owner_local(owner, "local");
-        let Some(l2) = &self.inner.l2 else {
+        if self.inner.l2.is_none() {
             return Ok(());
-        };
+        }
         let records = tokio::time::timeout(
             self.inner.config.store_timeout,
             self.inner.store.list_by_owner(owner),
@@ -98,20 +214,11 @@ impl ApiKeyCache {
         .await
         .map_err(|_| StoreError::Timeout)??;
         let hashes: Vec<KeyHash> = records.iter().map(|r| r.hash).collect();
-        for batch in hashes.chunks(TOMBSTONE_BATCH) {
-            l2.tombstone_many(batch, self.inner.config.tombstone_ttl)
-                .await
-                .map_err(|e| InvalidateError::Redis(e.to_string()))?;
+        let result = self.invalidate_remote(&hashes, Some(owner)).await;
+        if result.is_err() {
+            self.remember_failed(&hashes, Some(owner));
         }
-        let event = events::encode(
-            &self.inner.instance_id,
-            Action::Owner {
-                o: owner.to_owned(),
-            },
-        );
-        l2.publish(&events::channel(&self.inner.config.key_prefix), event)
-            .await
-            .map_err(|e| InvalidateError::Redis(e.to_string()))
+        result
     }
 
     /// Drops `hash` from this instance's L1 only.

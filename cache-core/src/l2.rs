@@ -205,20 +205,6 @@ impl L2 {
             )
             .await;
     }
-
-    /// Replaces the entry with a tombstone that blocks refills for `ttl`.
-    pub(crate) async fn tombstone(&self, hash: &KeyHash, ttl: Duration) -> Result<(), L2Error> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let key = self.entry_key(hash);
-        self.call::<()>(
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(codec::encode_tombstone())
-                .arg("PX")
-                .arg(ms),
-        )
-        .await
-    }
 }
 
 impl L2 {

@@ -340,3 +340,42 @@ async fn database_only_mode_fleet_wide() {
     wait_until("B back to normal", || b.mode() == Mode::Normal).await;
     assert_eq!(b.stats().mode, Mode::Normal);
 }
+
+/// An invalidation made while Redis hangs reaches Redis and the other
+/// instances once it answers again: nobody reads the old record back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_during_a_redis_outage_lands_afterwards() {
+    let redis = RedisServer::start();
+    let store = Arc::new(MemoryStore::new());
+    let cfg = || {
+        config(&redis)
+            .redis_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap()
+    };
+    let a = instance(store.clone(), cfg()).await;
+    let b = instance(store.clone(), cfg()).await;
+    let (key, record) = issue(&store, &a, "acme").await;
+    let none = RequiredScopes::none();
+    assert!(
+        b.verify_key(&key, &none).await.is_valid(),
+        "in B's L1 and in Redis"
+    );
+
+    redis.pause();
+    store.revoke_key(&record.id).await.unwrap();
+    assert!(a.invalidate(&record.hash).await.is_err());
+    assert_eq!(a.pending_invalidations(), 1);
+    assert_eq!(
+        a.verify_key(&key, &none).await,
+        Outcome::Revoked,
+        "A at once"
+    );
+    redis.resume();
+
+    wait_until("A's retry landed", || a.pending_invalidations() == 0).await;
+    until_outcome(&b, &key, Outcome::Revoked).await;
+    // A fresh instance reads Redis: the tombstone, not the old record.
+    let c = instance(store.clone(), cfg()).await;
+    assert_eq!(c.verify_key(&key, &none).await, Outcome::Revoked);
+}
