@@ -206,7 +206,31 @@ impl CacheConfig {
     /// Reads `APIKEY_CACHE_*` from the process environment; unset variables
     /// keep their defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars())
+        // `std::env::vars()` panics on any variable that is not Unicode,
+        // ours or not: read them raw, and refuse only our own.
+        let mut vars = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let Some(k) = k.to_str().filter(|k| k.starts_with("APIKEY_CACHE_")) else {
+                continue;
+            };
+            let name = k.trim_start_matches("APIKEY_CACHE_").to_owned();
+            match v.into_string() {
+                Ok(v) => vars.push((k.to_owned(), v)),
+                Err(raw) => {
+                    let value = if name == "PEPPER" {
+                        "<redacted>".to_owned()
+                    } else {
+                        raw.to_string_lossy().into_owned()
+                    };
+                    return Err(ConfigError::Invalid {
+                        name: leak_name(&name),
+                        value,
+                        expected: "valid UTF-8",
+                    });
+                }
+            }
+        }
+        Self::from_vars(vars)
     }
 
     /// Like [`from_env`](Self::from_env), from any list of variables (names
@@ -282,6 +306,34 @@ impl CacheConfig {
         }
         Ok(self)
     }
+}
+
+/// Our setting names are a fixed set; map a raw name onto its `'static`
+/// spelling for the error (unknown names are not ours to report).
+fn leak_name(name: &str) -> &'static str {
+    const NAMES: &[&str] = &[
+        "REDIS_URL",
+        "KEY_PREFIX",
+        "MODE",
+        "L1_CAPACITY",
+        "L1_TTL",
+        "L2_TTL",
+        "NEGATIVE_TTL",
+        "REDIS_TIMEOUT",
+        "REDIS_CONNECT_TIMEOUT",
+        "STORE_TIMEOUT",
+        "TOMBSTONE_TTL",
+        "BREAKER_THRESHOLD",
+        "BREAKER_COOLDOWN",
+        "STALE_IF_ERROR",
+        "USAGE_FLUSH_INTERVAL",
+        "PEPPER",
+    ];
+    NAMES
+        .iter()
+        .copied()
+        .find(|n| *n == name)
+        .unwrap_or("(unknown)")
 }
 
 fn parse_num<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, ConfigError> {

@@ -11,12 +11,10 @@
 //! `APIKEY_CACHE_REDIS_URL=redis://127.0.0.1:6379`).
 
 use std::error::Error;
-use std::sync::Arc;
 use std::time::Instant;
 
-use apikey_cache::{
-    ApiKeyCache, CacheConfig, KeyAdmin, NewKey, PostgresStore, RequiredScopes, SqliteStore,
-};
+use apikey_cache::{ApiKeyCache, CacheConfig, NewKey, RequiredScopes};
+use apikey_cache_examples::demo::setup::open_store;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -27,15 +25,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .init();
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "sqlite://apikey-cache-demo.db".to_owned());
-    let store: Arc<dyn KeyAdmin> = if url.starts_with("postgres") {
-        Arc::new(PostgresStore::connect(&url).await?)
-    } else {
-        Arc::new(SqliteStore::connect(&url).await?)
-    };
-    store.migrate().await?;
+    // Two handles on one store: the admin side for us, the read side for
+    // the cache (no `dyn KeyAdmin` -> `dyn KeyStore` upcast, which needs
+    // Rust 1.86).
+    let opened = open_store(&url).await?;
+    let store = opened.admin;
     let config = CacheConfig::from_env()?;
     println!("config: {config:?}");
-    let cache = ApiKeyCache::new(config, store.clone())?;
+    let cache = ApiKeyCache::new(config, opened.reader)?;
 
     let issued = store
         .create_key(cache.hasher(), NewKey::new("demo", ["orders:*"]))

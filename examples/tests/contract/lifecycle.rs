@@ -1,0 +1,229 @@
+//! A key's life through the admin routes: revocation, owner revocation,
+//! rotation, and usage totals that survive a SIGTERM.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::{DemoServer, Env};
+
+pub async fn revocation_owner_revocation_and_rotation(bin: &str) {
+    let env = Env::start(bin).await;
+    let (demo, admin) = (&env.demo, env.admin.as_str());
+
+    // Revoke one key: refused from the next request on.
+    let (id, key) = demo
+        .create_key(admin, json!({"owner": "acme", "scopes": ["orders:read"]}))
+        .await;
+    assert_eq!(
+        demo.get("/v1/orders", Some(&key)).await.status,
+        StatusCode::OK
+    );
+    let res = demo
+        .call(
+            Method::DELETE,
+            &format!("/admin/keys/{id}"),
+            Some(admin),
+            None,
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::NO_CONTENT, "{res:?}");
+    demo.get("/v1/orders", Some(&key))
+        .await
+        .assert_error(401, "revoked_api_key");
+    let details = demo.get(&format!("/admin/keys/{id}"), Some(admin)).await;
+    assert_eq!(details.json["status"], "revoked");
+    demo.call(Method::DELETE, "/admin/keys/key_unknown", Some(admin), None)
+        .await
+        .assert_error(404, "not_found");
+
+    // Owner revocation: every key of the owner, cached or not.
+    let (_, g1) = demo
+        .create_key(admin, json!({"owner": "globex", "scopes": ["orders:read"]}))
+        .await;
+    let (_, g2) = demo
+        .create_key(
+            admin,
+            json!({"owner": "globex", "scopes": ["orders:write"]}),
+        )
+        .await;
+    let (_, other) = demo
+        .create_key(admin, json!({"owner": "initech", "scopes": []}))
+        .await;
+    assert_eq!(
+        demo.get("/v1/whoami", Some(&g1)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        demo.get("/v1/whoami", Some(&g2)).await.status,
+        StatusCode::OK
+    );
+    let res = demo
+        .post("/admin/owners/globex/revoke", Some(admin), json!({}))
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{res:?}");
+    assert_eq!(res.json, json!({"revoked": 2}));
+    for key in [&g1, &g2] {
+        demo.get("/v1/whoami", Some(key))
+            .await
+            .assert_error(401, "revoked_api_key");
+    }
+    assert_eq!(
+        demo.get("/v1/whoami", Some(&other)).await.status,
+        StatusCode::OK,
+        "other owners are untouched"
+    );
+    let res = demo
+        .post("/admin/owners/nobody/revoke", Some(admin), json!({}))
+        .await;
+    assert_eq!(res.json, json!({"revoked": 0}));
+
+    // Rotation: the new key works, the old one during its grace period.
+    let (old_id, old) = demo
+        .create_key(
+            admin,
+            json!({"owner": "umbrella", "scopes": ["orders:read", "orders:write"],
+                   "rate_limit": {"requests": 100, "per_seconds": 60}, "monthly_quota": 1000}),
+        )
+        .await;
+    assert_eq!(
+        demo.get("/v1/orders", Some(&old)).await.status,
+        StatusCode::OK
+    );
+    let rotated = demo
+        .post(
+            &format!("/admin/keys/{old_id}/rotate"),
+            Some(admin),
+            json!({"grace_seconds": 60}),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::CREATED, "{rotated:?}");
+    let new_id = rotated.json["key_id"].as_str().unwrap().to_owned();
+    let new = rotated.json["key"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, old_id);
+    let me = demo.get("/v1/whoami", Some(&new)).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.json["owner"], "umbrella");
+    assert_eq!(me.json["scopes"], json!(["orders:read", "orders:write"]));
+    let new_details = demo
+        .get(&format!("/admin/keys/{new_id}"), Some(admin))
+        .await;
+    assert_eq!(
+        new_details.json["rate_limit"],
+        json!({"requests": 100, "per_seconds": 60})
+    );
+    assert_eq!(new_details.json["monthly_quota"], 1000);
+    assert_eq!(
+        demo.get("/v1/orders", Some(&old)).await.status,
+        StatusCode::OK,
+        "the old key works during the grace period"
+    );
+    let old_details = demo
+        .get(&format!("/admin/keys/{old_id}"), Some(admin))
+        .await;
+    let expires_at = old_details.json["expires_at"].as_str().unwrap();
+    let expires_at =
+        time::OffsetDateTime::parse(expires_at, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let left = expires_at - time::OffsetDateTime::now_utc();
+    assert!(
+        left > time::Duration::seconds(50) && left <= time::Duration::seconds(61),
+        "{left}"
+    );
+
+    // Rotating with no grace: the replaced key is refused at once, though
+    // it was cached a moment ago.
+    let again = demo
+        .post(
+            &format!("/admin/keys/{new_id}/rotate"),
+            Some(admin),
+            json!({"grace_seconds": 0}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    demo.get("/v1/whoami", Some(&new))
+        .await
+        .assert_error(401, "expired_api_key");
+    let newest = again.json["key"].as_str().unwrap();
+    assert_eq!(
+        demo.get("/v1/whoami", Some(newest)).await.status,
+        StatusCode::OK
+    );
+
+    // A revoked key cannot be rotated back to life; unknown keys are 404.
+    demo.post(
+        &format!("/admin/keys/{id}/rotate"),
+        Some(admin),
+        json!({"grace_seconds": 10}),
+    )
+    .await
+    .assert_error(409, "key_not_active");
+    demo.post(
+        "/admin/keys/key_unknown/rotate",
+        Some(admin),
+        json!({"grace_seconds": 10}),
+    )
+    .await
+    .assert_error(404, "not_found");
+    demo.post(
+        &format!("/admin/keys/{old_id}/rotate"),
+        Some(admin),
+        json!({"grace_seconds": "soon"}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+}
+
+pub async fn sigterm_flushes_usage_and_exits_zero(bin: &str) {
+    let mut env = Env::start(bin).await;
+    let admin = env.admin.clone();
+    let (id, key) = env
+        .demo
+        .create_key(&admin, json!({"owner": "acme", "scopes": ["orders:read"]}))
+        .await;
+    let mut valid = 0;
+    for i in 0..25 {
+        let path = if i % 2 == 0 {
+            "/v1/orders"
+        } else {
+            "/v1/whoami"
+        };
+        assert_eq!(env.demo.get(path, Some(&key)).await.status, StatusCode::OK);
+        valid += 1;
+    }
+    // Refused requests are not usage.
+    env.demo
+        .post("/v1/orders", Some(&key), json!({"item": "x"}))
+        .await
+        .assert_error(403, "insufficient_scope");
+
+    let status = env.demo.terminate(Duration::from_secs(15)).await;
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        env.demo.log_text()
+    );
+    assert!(env.demo.log_text().contains("usage flushed"));
+
+    let mut conn = env.pg.connect().await;
+    let (total,): (i64,) = sqlx::query_as("SELECT total_requests FROM api_keys WHERE key_id = $1")
+        .bind(&id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(total, valid);
+
+    // Started again on the same database: the bootstrap key is not added
+    // twice, and the details route shows the same totals.
+    let demo = DemoServer::start(bin, Env::config(&env.redis, &env.pg, &admin)).await;
+    let (bootstraps,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM api_keys WHERE owner = 'bootstrap-admin'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(bootstraps, 1);
+    let details = demo.get(&format!("/admin/keys/{id}"), Some(&admin)).await;
+    assert_eq!(details.json["total_requests"], valid, "{details:?}");
+    assert!(details.json["last_used_at"].is_string());
+}
