@@ -5,6 +5,8 @@
 //! bench-server noauth   # no authentication at all
 //! bench-server bearer   # tower-http AsyncRequireAuthorizationLayer, a static check
 //! bench-server apikey   # ApiKeyLayer over 10k keys, all in L1
+//! bench-server moka     # the design's reference: from_fn, SHA-256 + moka get
+//! bench-server quick    # the same with quick_cache instead of moka
 //! ```
 //!
 //! Listens on 127.0.0.1:$PORT (default 8080). Keys are `ak_bench_` plus a
@@ -22,6 +24,7 @@ use axum::body::Body;
 use axum::http::{header, Request, Response, StatusCode};
 use axum::routing::get;
 use axum::Router;
+use sha2::{Digest, Sha256};
 use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
 
 const KEYS: usize = 10_000;
@@ -93,7 +96,77 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route("/v1/whoami", get(whoami_keyed))
                 .route_layer(ApiKeyLayer::new(cache).require(["whoami"]))
         }
-        other => return Err(format!("unknown mode {other}: noauth, bearer or apikey").into()),
+        "moka" => {
+            // The design's prototype: no store, no scopes, no counting.
+            let l1: moka::sync::Cache<[u8; 32], Arc<String>> = moka::sync::Cache::new(100_000);
+            for i in 0..KEYS {
+                l1.insert(
+                    Sha256::digest(key(i).as_bytes()).into(),
+                    Arc::new(format!("key_{i}")),
+                );
+            }
+            Router::new()
+                .route("/v1/whoami", get(whoami))
+                .route_layer(axum::middleware::from_fn(
+                    move |req: Request<Body>, next: axum::middleware::Next| {
+                        let l1 = l1.clone();
+                        async move {
+                            let found = req
+                                .headers()
+                                .get(header::AUTHORIZATION)
+                                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                                .map(|t| <[u8; 32]>::from(Sha256::digest(t)))
+                                .and_then(|h| l1.get(&h));
+                            match found {
+                                Some(_) => next.run(req).await,
+                                None => {
+                                    let mut res = Response::new(Body::empty());
+                                    *res.status_mut() = StatusCode::UNAUTHORIZED;
+                                    res
+                                }
+                            }
+                        }
+                    },
+                ))
+        }
+        "quick" => {
+            let l1: Arc<quick_cache::sync::Cache<[u8; 32], Arc<String>>> =
+                Arc::new(quick_cache::sync::Cache::new(100_000));
+            for i in 0..KEYS {
+                l1.insert(
+                    Sha256::digest(key(i).as_bytes()).into(),
+                    Arc::new(format!("key_{i}")),
+                );
+            }
+            Router::new()
+                .route("/v1/whoami", get(whoami))
+                .route_layer(axum::middleware::from_fn(
+                    move |req: Request<Body>, next: axum::middleware::Next| {
+                        let l1 = l1.clone();
+                        async move {
+                            let found = req
+                                .headers()
+                                .get(header::AUTHORIZATION)
+                                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                                .map(|t| <[u8; 32]>::from(Sha256::digest(t)))
+                                .and_then(|h| l1.get(&h));
+                            match found {
+                                Some(_) => next.run(req).await,
+                                None => {
+                                    let mut res = Response::new(Body::empty());
+                                    *res.status_mut() = StatusCode::UNAUTHORIZED;
+                                    res
+                                }
+                            }
+                        }
+                    },
+                ))
+        }
+        other => {
+            return Err(
+                format!("unknown mode {other}: noauth, bearer, apikey, moka or quick").into(),
+            )
+        }
     };
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     axum::serve(listener, app).await?;
