@@ -96,6 +96,11 @@
 //!   valid key: no route probing without a key.
 //! * The response body's data type is [`bytes::Bytes`], which every axum,
 //!   hyper and tonic body uses.
+//! * One path, different scopes per method (`GET /orders` reads, `POST
+//!   /orders` writes): put the layers on the method routers,
+//!   `get(list).route_layer(read).merge(post(create).route_layer(write))`.
+//!   Two `Router::route_layer`s merged on the same path would also wrap each
+//!   other's 405 fallback, so an unknown method could answer 403.
 #![warn(missing_docs)]
 #![deny(unsafe_code, unreachable_pub)]
 
