@@ -43,6 +43,38 @@ async fn whoami_keyed(Authenticated(key): Authenticated) -> &'static str {
     r#"{"ok":true}"#
 }
 
+/// The token of `Authorization: Bearer <token>`.
+fn bearer<B>(req: &Request<B>) -> Option<&[u8]> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut res = Response::new(Body::from(r#"{"error":"invalid_api_key"}"#));
+    *res.status_mut() = StatusCode::UNAUTHORIZED;
+    res
+}
+
+/// The design's prototype: SHA-256 of the bearer token and one cache
+/// lookup in a `from_fn` middleware; no store, no scopes, no counting.
+fn bare_lookup(found: impl Fn(&[u8; 32]) -> bool + Clone + Send + Sync + 'static) -> Router {
+    Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route_layer(axum::middleware::from_fn(
+            move |req: Request<Body>, next: axum::middleware::Next| {
+                let hit = bearer(&req).is_some_and(|t| found(&Sha256::digest(t).into()));
+                async move {
+                    if hit {
+                        next.run(req).await
+                    } else {
+                        unauthorized()
+                    }
+                }
+            },
+        ))
+}
+
 /// The cheapest credible bearer check: right scheme, right prefix and
 /// length, no lookup.
 #[derive(Clone, Copy)]
@@ -54,18 +86,8 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for StaticBearer {
     type Future = std::future::Ready<Result<Request<B>, Response<Body>>>;
 
     fn authorize(&mut self, req: Request<B>) -> Self::Future {
-        let ok = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .is_some_and(|t| t.len() == 43 && t.starts_with(b"ak_bench_"));
-        std::future::ready(if ok {
-            Ok(req)
-        } else {
-            let mut res = Response::new(Body::from(r#"{"error":"invalid_api_key"}"#));
-            *res.status_mut() = StatusCode::UNAUTHORIZED;
-            Err(res)
-        })
+        let ok = bearer(&req).is_some_and(|t| t.len() == 43 && t.starts_with(b"ak_bench_"));
+        std::future::ready(if ok { Ok(req) } else { Err(unauthorized()) })
     }
 }
 
@@ -97,70 +119,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_layer(ApiKeyLayer::new(cache).require(["whoami"]))
         }
         "moka" => {
-            // The design's prototype: no store, no scopes, no counting.
-            let l1: moka::sync::Cache<[u8; 32], Arc<String>> = moka::sync::Cache::new(100_000);
+            let l1: moka::sync::Cache<[u8; 32], ()> = moka::sync::Cache::new(100_000);
             for i in 0..KEYS {
-                l1.insert(
-                    Sha256::digest(key(i).as_bytes()).into(),
-                    Arc::new(format!("key_{i}")),
-                );
+                l1.insert(Sha256::digest(key(i).as_bytes()).into(), ());
             }
-            Router::new()
-                .route("/v1/whoami", get(whoami))
-                .route_layer(axum::middleware::from_fn(
-                    move |req: Request<Body>, next: axum::middleware::Next| {
-                        let l1 = l1.clone();
-                        async move {
-                            let found = req
-                                .headers()
-                                .get(header::AUTHORIZATION)
-                                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                                .map(|t| <[u8; 32]>::from(Sha256::digest(t)))
-                                .and_then(|h| l1.get(&h));
-                            match found {
-                                Some(_) => next.run(req).await,
-                                None => {
-                                    let mut res = Response::new(Body::empty());
-                                    *res.status_mut() = StatusCode::UNAUTHORIZED;
-                                    res
-                                }
-                            }
-                        }
-                    },
-                ))
+            bare_lookup(move |h| l1.get(h).is_some())
         }
         "quick" => {
-            let l1: Arc<quick_cache::sync::Cache<[u8; 32], Arc<String>>> =
+            let l1: Arc<quick_cache::sync::Cache<[u8; 32], ()>> =
                 Arc::new(quick_cache::sync::Cache::new(100_000));
             for i in 0..KEYS {
-                l1.insert(
-                    Sha256::digest(key(i).as_bytes()).into(),
-                    Arc::new(format!("key_{i}")),
-                );
+                l1.insert(Sha256::digest(key(i).as_bytes()).into(), ());
             }
-            Router::new()
-                .route("/v1/whoami", get(whoami))
-                .route_layer(axum::middleware::from_fn(
-                    move |req: Request<Body>, next: axum::middleware::Next| {
-                        let l1 = l1.clone();
-                        async move {
-                            let found = req
-                                .headers()
-                                .get(header::AUTHORIZATION)
-                                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                                .map(|t| <[u8; 32]>::from(Sha256::digest(t)))
-                                .and_then(|h| l1.get(&h));
-                            match found {
-                                Some(_) => next.run(req).await,
-                                None => {
-                                    let mut res = Response::new(Body::empty());
-                                    *res.status_mut() = StatusCode::UNAUTHORIZED;
-                                    res
-                                }
-                            }
-                        }
-                    },
-                ))
+            bare_lookup(move |h| l1.get(h).is_some())
         }
         other => {
             return Err(
