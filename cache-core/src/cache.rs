@@ -423,17 +423,4 @@ impl ApiKeyCache {
             usage_flushed: inner.usage.flushed.load(Ordering::Relaxed),
         }
     }
-
-    /// Entries in L1 after running moka's pending maintenance: exact, for
-    /// tests and health checks.
-    pub fn l1_entry_count_exact(&self) -> u64 {
-        self.inner.l1.sync();
-        self.inner.l1.entry_count()
-    }
-
-    /// Negative ("no such key") entries in L1: scans L1, so call it at most
-    /// about once a second (health checks).
-    pub fn l1_negative_entries(&self) -> u64 {
-        self.inner.l1.negative_count()
-    }
 }

@@ -6,6 +6,7 @@
 //! `redis_timeout`. After `breaker_threshold` consecutive failures the
 //! breaker opens and requests skip Redis; a background task probes it.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -116,17 +117,22 @@ impl L2 {
         &self,
         cmd: &redis::Cmd,
     ) -> Result<T, L2Error> {
+        let mut conn = self.conn.clone();
+        self.guarded(self.timeout, cmd.query_async(&mut conn)).await
+    }
+
+    /// Awaits `op` (not yet polled, so nothing is sent when the breaker is
+    /// open) under `budget`, and feeds the result to the breaker and stats.
+    async fn guarded<T>(
+        &self,
+        budget: Duration,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, L2Error> {
         if !self.breaker.allows() {
             return Err(L2Error::BreakerOpen);
         }
-        let mut conn = self.conn.clone();
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(L2Error::Redis(e)),
-            Err(_) => Err(L2Error::Timeout),
-        };
+        let result = timed(budget, op).await;
         match &result {
             Ok(_) => {
                 self.breaker.on_success();
@@ -142,15 +148,12 @@ impl L2 {
         result
     }
 
+    /// A `PING` outside the breaker: the prober's and the warm-up's.
     async fn ping(&self, budget: Duration) -> Result<(), L2Error> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(budget, redis::cmd("PING").query_async::<String>(&mut conn))
+        timed(budget, redis::cmd("PING").query_async::<String>(&mut conn))
             .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(L2Error::Redis(e)),
-            Err(_) => Err(L2Error::Timeout),
-        }
+            .map(drop)
     }
 
     /// Reads the entry for `hash`. Errors and bad values are misses.
@@ -248,47 +251,29 @@ impl L2 {
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, L2Error> {
-        if !self.breaker.allows() {
-            return Err(L2Error::BreakerOpen);
-        }
         let mut conn = self.conn.clone();
         // A first call loads the script: two round trips.
-        let budget = self.timeout * 2;
-        let result = match tokio::time::timeout(budget, inv.invoke_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(L2Error::Redis(e)),
-            Err(_) => Err(L2Error::Timeout),
-        };
-        match &result {
-            Ok(_) => self.breaker.on_success(),
-            Err(_) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.breaker.on_failure();
-            }
-        }
-        result
+        self.guarded(self.timeout * 2, inv.invoke_async(&mut conn))
+            .await
     }
 
     async fn call_pipe(&self, pipe: &redis::Pipeline) -> Result<(), L2Error> {
-        if !self.breaker.allows() {
-            return Err(L2Error::BreakerOpen);
-        }
         let mut conn = self.conn.clone();
         // A pipeline carries many commands: give it a few command budgets.
-        let budget = self.timeout * 4;
-        let result = match tokio::time::timeout(budget, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(L2Error::Redis(e)),
-            Err(_) => Err(L2Error::Timeout),
-        };
-        match &result {
-            Ok(()) => self.breaker.on_success(),
-            Err(_) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.breaker.on_failure();
-            }
-        }
-        result
+        self.guarded(self.timeout * 4, pipe.query_async(&mut conn))
+            .await
+    }
+}
+
+/// `op` under `budget`, with Redis errors and the timeout as [`L2Error`].
+async fn timed<T>(
+    budget: Duration,
+    op: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, L2Error> {
+    match tokio::time::timeout(budget, op).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(L2Error::Redis(e)),
+        Err(_) => Err(L2Error::Timeout),
     }
 }
 
