@@ -167,12 +167,10 @@ impl ApiKeyCache {
             // `verify_now` already counted this request's L1 hit or miss;
             // look again (a load may have finished meanwhile) without
             // counting it twice.
-            let outcome = match this.inner.l1.get(&hash) {
-                Some(entry) if this.mode() == Mode::Normal => match this.judge(&entry, &required) {
-                    Judged::Done(outcome) => outcome,
-                    Judged::Limited(found) => this.limit(found).await,
-                },
-                _ => this.verify_uncached(hash, &required).await,
+            let outcome = match this.peek_l1(&hash, &required) {
+                Some(Cached::Done(outcome)) => outcome,
+                Some(Cached::Limited(found)) => this.limit(found).await,
+                Some(Cached::Miss) | None => this.verify_uncached(hash, &required).await,
             };
             this.counted(outcome)
         })
@@ -189,33 +187,46 @@ impl ApiKeyCache {
         }
     }
 
+    /// L1's answer, counted as an L1 hit or miss.
     #[inline]
     fn check_l1(&self, hash: &KeyHash, required: &RequiredScopes) -> Cached {
+        let stats = &self.inner.stats;
+        match self.peek_l1(hash, required) {
+            None => Cached::Miss,
+            Some(Cached::Miss) => {
+                stats.l1_misses.incr();
+                Cached::Miss
+            }
+            Some(cached) => {
+                stats.l1_hits.incr();
+                cached
+            }
+        }
+    }
+
+    /// L1's answer without counting it; `None` when the caches are bypassed
+    /// (`database_only`).
+    #[inline]
+    fn peek_l1(&self, hash: &KeyHash, required: &RequiredScopes) -> Option<Cached> {
         let inner = &*self.inner;
         // Both flags are 0 in normal mode: one load each, one branch.
         if inner.local_mode.load(Ordering::Relaxed) | inner.fleet_mode.load(Ordering::Relaxed) != 0
         {
-            return Cached::Miss;
+            return None;
         }
-        match inner.l1.get(hash) {
-            Some(entry) => {
-                inner.stats.l1_hits.incr();
-                match self.judge(&entry, required) {
-                    Judged::Done(Outcome::Expired) => {
-                        // Expired is final for this record: free the slot
-                        // now rather than at the TTL.
-                        inner.l1.remove(hash);
-                        Cached::Done(Outcome::Expired)
-                    }
-                    Judged::Done(outcome) => Cached::Done(outcome),
-                    Judged::Limited(found) => Cached::Limited(found),
-                }
+        let Some(entry) = inner.l1.get(hash) else {
+            return Some(Cached::Miss);
+        };
+        Some(match self.judge(&entry, required) {
+            Judged::Done(Outcome::Expired) => {
+                // Expired is final for this record: free the slot now rather
+                // than at the TTL.
+                inner.l1.remove(hash);
+                Cached::Done(Outcome::Expired)
             }
-            None => {
-                inner.stats.l1_misses.incr();
-                Cached::Miss
-            }
-        }
+            Judged::Done(outcome) => Cached::Done(outcome),
+            Judged::Limited(found) => Cached::Limited(found),
+        })
     }
 
     /// Counts `outcome` for the requests-by-outcome metric.
