@@ -1,4 +1,4 @@
-//! [`ApiKeyCache`]: the verification path over L1 (moka), L2 (Redis) and
+//! [`ApiKeyCache`]: the verification path over L1 (in-process), L2 (Redis) and
 //! the store.
 //!
 //! ```
@@ -205,6 +205,10 @@ impl ApiKeyCacheBuilder {
                 Arc::downgrade(&cache.inner),
                 cache.inner.config.usage_flush_interval,
             ));
+            tokio::spawn(crate::l1::sweeper(
+                Arc::downgrade(&cache.inner),
+                sweep_interval(&cache.inner.config),
+            ));
         }
         if let Some(l2) = &cache.inner.l2 {
             tokio::spawn(crate::invalidation::retrier(Arc::downgrade(&cache.inner)));
@@ -215,6 +219,13 @@ impl ApiKeyCacheBuilder {
         }
         Ok(cache)
     }
+}
+
+/// How often L1 is swept of dead entries: about as often as entries die,
+/// within 1 s to 60 s (a sweep write-locks each shard briefly).
+fn sweep_interval(c: &CacheConfig) -> Duration {
+    let shortest = c.l1_ttl.min(c.negative_ttl);
+    shortest.clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 pub(crate) const fn mode_to_u8(mode: Mode) -> u8 {

@@ -43,9 +43,9 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeyHash([u8; 32]);
 
-/// Hash maps over `KeyHash` (moka's L1, single flight) feed 16 of the 32
-/// digest bytes to their keyed hasher: the digest is already uniform, and
-/// hashing half of it halves the SipHash work on every cache read. Equal
+/// Hash maps over `KeyHash` (L1, single flight) feed 16 of the 32 digest
+/// bytes to their keyed hasher: the digest is already uniform, and hashing
+/// half of it halves the hashing work on every cache read. Equal
 /// digests still hash equally, so `Eq` and `Hash` agree.
 impl std::hash::Hash for KeyHash {
     #[inline]

@@ -260,7 +260,6 @@ impl ApiKeyCache {
                 (Some(up), started.elapsed().as_secs_f64() * 1e3)
             }
         };
-        inner.l1.sync();
         let probe = Probe {
             l1_entries: inner.l1.entry_count(),
             l1_negative: inner.l1.negative_count(),

@@ -1,17 +1,33 @@
-//! The in-process tier: a bounded moka cache of `hash -> Found | NotFound`.
+//! The in-process tier: a bounded cache of `hash -> Found | NotFound`.
 //!
-//! Entries live `l1_ttl` (plus the stale-if-error window; a cache-wide TTL: per-entry expiry would add a
-//! timer-wheel callback to every read, about a quarter of a moka `get`).
-//! "Not found" entries carry their own shorter deadline, checked on read;
-//! that read is off the hot path for valid keys. A record's `expires_at` is
-//! judged on every read against the clock, and an expired record is dropped
-//! from L1 the first time it is seen, so no entry is served past it.
+//! Built on `quick_cache` (S3-FIFO) rather than moka. Under request load on
+//! two cores, moka's per-read bookkeeping (access-order deque, read-op
+//! channel, timestamps written on every hit) cost more than the whole
+//! SHA-256 of the key; a `quick_cache` hit is a sharded read lock, a table
+//! probe and, until it saturates, a relaxed counter bump. S3-FIFO keeps the
+//! property the design asked of TinyLFU: a flood of one-off keys passes
+//! through a small probation queue and does not push out keys that are read
+//! again (`tests/verify.rs` floods L1 to check it).
+//!
+//! Every entry carries its own deadline, checked on read against the
+//! monotonic clock (tokio's, so tests can pause it): a record is fresh for `l1_ttl` after it was loaded (then,
+//! with stale-if-error, servable for `stale_if_error` more while the store
+//! is down), a "not found" for `negative_ttl`. A record's `expires_at` is
+//! judged separately on every read against the [`Clock`](crate::Clock), and
+//! an expired record is dropped the first time it is seen, so no entry is
+//! served past it. Dead entries are never served; [`L1::sweep`] frees
+//! them in the background so they do not wait for eviction.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::cell::Cell;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
+// tokio's `Instant` is std's unless tokio's `test-util` is on; with it,
+// tests can pause and advance time instead of sleeping through TTLs.
+use tokio::time::Instant;
 
+use crate::cache::Inner;
 use crate::usage::UsageCell;
 use crate::{Clock, KeyHash, KeyRecord};
 
@@ -26,9 +42,9 @@ pub(crate) struct Found {
 /// What one tier knows about a hash.
 #[derive(Debug, Clone)]
 pub(crate) enum Entry {
-    /// A record, fresh until the instant if one is set (only with
-    /// stale-if-error: the entry then lives on, stale, for the stale window).
-    Found(Arc<Found>, Option<Instant>),
+    /// A record, fresh until the instant; past it, only stale-if-error may
+    /// serve it (for the stale window, while the store is down).
+    Found(Arc<Found>, Instant),
     /// No such key, believed until the deadline (the negative TTL).
     NotFound { until: Instant },
 }
@@ -63,12 +79,9 @@ impl L1 {
         negative_ttl: Duration,
         stale_window: Duration,
     ) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(capacity)
-            .time_to_live(ttl + stale_window)
-            .build();
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
         Self {
-            cache,
+            cache: Cache::new(capacity),
             ttl,
             negative_ttl,
             stale_window,
@@ -79,26 +92,28 @@ impl L1 {
     /// record past its freshness, is a miss.
     #[inline]
     pub(crate) fn get(&self, hash: &KeyHash) -> Option<Entry> {
-        match self.cache.get(hash) {
-            Some(Entry::NotFound { until }) if Instant::now() >= until => None,
-            Some(Entry::Found(_, Some(fresh))) if Instant::now() >= fresh => None,
-            other => other,
-        }
+        let entry = self.cache.get(hash)?;
+        let deadline = match &entry {
+            Entry::Found(_, fresh) => *fresh,
+            Entry::NotFound { until } => *until,
+        };
+        (Instant::now() < deadline).then_some(entry)
     }
 
-    /// A found entry for `hash` even if stale: what may answer while the
-    /// store is down. Invalidation removes entries, so nothing invalidated
-    /// comes back this way.
+    /// A found entry for `hash` even if stale, within the stale window: what
+    /// may answer while the store is down. Invalidation removes entries, so
+    /// nothing invalidated comes back this way.
     pub(crate) fn get_stale(&self, hash: &KeyHash) -> Option<Arc<Found>> {
         match self.cache.get(hash) {
-            Some(Entry::Found(record, _)) => Some(record),
+            Some(Entry::Found(found, fresh)) if Instant::now() < fresh + self.stale_window => {
+                Some(found)
+            }
             _ => None,
         }
     }
 
     pub(crate) fn found(&self, record: Arc<Found>) -> Entry {
-        let fresh = (!self.stale_window.is_zero()).then(|| Instant::now() + self.ttl);
-        Entry::Found(record, fresh)
+        Entry::Found(record, Instant::now() + self.ttl)
     }
 
     pub(crate) fn not_found(&self) -> Entry {
@@ -108,44 +123,48 @@ impl L1 {
     }
 
     pub(crate) fn insert(&self, hash: KeyHash, entry: Entry) {
-        // A zero lifetime (L1 switched off) would only make moka evict.
+        // A zero lifetime (L1 switched off): the entry would be dead on
+        // arrival, and would only evict live ones.
         if !(self.ttl + self.stale_window).is_zero() {
             self.cache.insert(hash, entry);
         }
     }
 
     pub(crate) fn remove(&self, hash: &KeyHash) {
-        self.cache.invalidate(hash);
+        self.cache.remove(hash);
     }
 
     pub(crate) fn clear(&self) {
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 
-    /// Drops every entry matching `predicate`, by scanning L1 (milliseconds
-    /// for 100k entries: fine for an account suspension, not for a request).
-    /// moka's own `invalidate_entries_if` is lazy and skips entries its
-    /// housekeeping has not timestamped yet, so it could miss a fresh fill.
+    /// Drops every entry matching `predicate`, shard by shard under the
+    /// shard's write lock (milliseconds for 100k entries: fine for an account
+    /// suspension, not for a request). Returns how many were dropped.
     pub(crate) fn remove_if(&self, predicate: impl Fn(&Entry) -> bool) -> usize {
-        let doomed: Vec<KeyHash> = self
-            .cache
-            .iter()
-            .filter(|(_, v)| predicate(v))
-            .map(|(k, _)| *k)
-            .collect();
-        for hash in &doomed {
-            self.cache.invalidate(hash);
-        }
-        doomed.len()
+        let dropped = Cell::new(0usize);
+        self.cache.retain(|_, entry| {
+            let doomed = predicate(entry);
+            dropped.set(dropped.get() + usize::from(doomed));
+            !doomed
+        });
+        dropped.get()
     }
 
+    /// Frees entries no read can return any more (past their deadline and
+    /// any stale window). Run in the background; reads never need it.
+    pub(crate) fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let stale_window = self.stale_window;
+        self.remove_if(|entry| match entry {
+            Entry::Found(_, fresh) => now >= *fresh + stale_window,
+            Entry::NotFound { until } => now >= *until,
+        })
+    }
+
+    /// Entries held, live or not yet swept.
     pub(crate) fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
-    }
-
-    /// Runs moka's deferred maintenance so counts are exact (tests, health).
-    pub(crate) fn sync(&self) {
-        self.cache.run_pending_tasks();
+        u64::try_from(self.cache.len()).unwrap_or(u64::MAX)
     }
 
     /// Counts negative entries: a full scan, so for health checks only.
@@ -156,5 +175,110 @@ impl L1 {
             .filter(|(_, v)| matches!(v, Entry::NotFound { .. }))
             .count();
         u64::try_from(n).unwrap_or(u64::MAX)
+    }
+}
+
+/// Sweeps L1 every `every` for as long as the cache lives.
+pub(crate) async fn sweeper(cache: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = cache.upgrade() else { return };
+        inner.l1.sweep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KeyHasher, KeyId, Scopes};
+
+    fn l1(stale_window: Duration) -> L1 {
+        L1::new(
+            100,
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+            stale_window,
+        )
+    }
+
+    fn found(n: u8) -> (KeyHash, Arc<Found>) {
+        let hash = KeyHasher::new(None).hash(&[n]);
+        let record = KeyRecord::new(
+            KeyId::new(format!("k{n}")),
+            hash,
+            "acme",
+            Scopes::new(["a"]),
+        );
+        let usage = Arc::default();
+        (hash, Arc::new(Found { record, usage }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_live_for_the_ttl_then_only_stale() {
+        let l1 = l1(Duration::from_secs(10));
+        let (hash, f) = found(1);
+        l1.insert(hash, l1.found(f));
+        tokio::time::advance(Duration::from_millis(59_999)).await;
+        assert!(l1.get(&hash).is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(l1.get(&hash).is_none(), "past the TTL: a miss");
+        assert!(l1.get_stale(&hash).is_some(), "within the stale window");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(l1.get_stale(&hash).is_none(), "past the stale window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_found_lives_for_the_negative_ttl_and_is_never_stale() {
+        let l1 = l1(Duration::from_secs(10));
+        let (hash, _) = found(2);
+        l1.insert(hash, l1.not_found());
+        tokio::time::advance(Duration::from_millis(29_999)).await;
+        assert!(matches!(l1.get(&hash), Some(Entry::NotFound { .. })));
+        assert!(l1.get_stale(&hash).is_none());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(l1.get(&hash).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_frees_only_dead_entries() {
+        let l1 = l1(Duration::from_secs(10));
+        let (old, f) = found(3);
+        l1.insert(old, l1.found(f));
+        let (unknown, _) = found(4);
+        l1.insert(unknown, l1.not_found());
+        tokio::time::advance(Duration::from_secs(65)).await;
+        let (fresh, f) = found(5);
+        l1.insert(fresh, l1.found(f));
+        // `old` is stale but still servable on error; `unknown` is dead.
+        assert_eq!(l1.sweep(), 1);
+        assert_eq!(l1.entry_count(), 2);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(l1.sweep(), 1, "`old` is past its stale window");
+        assert!(l1.get(&fresh).is_some());
+        assert_eq!(l1.entry_count(), 1);
+    }
+
+    #[test]
+    fn remove_if_counts_what_it_drops() {
+        let l1 = l1(Duration::ZERO);
+        for n in 0..10 {
+            let (hash, f) = found(n);
+            l1.insert(hash, l1.found(f));
+        }
+        let dropped =
+            l1.remove_if(|e| matches!(e, Entry::Found(f, _) if f.record.id.as_str() < "k5"));
+        assert_eq!(dropped, 5);
+        assert_eq!(l1.entry_count(), 5);
+    }
+
+    #[test]
+    fn switched_off_l1_holds_nothing() {
+        let l1 = L1::new(100, Duration::ZERO, Duration::from_secs(30), Duration::ZERO);
+        let (hash, f) = found(1);
+        l1.insert(hash, l1.found(f));
+        assert_eq!(l1.entry_count(), 0);
     }
 }

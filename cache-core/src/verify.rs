@@ -214,10 +214,12 @@ impl ApiKeyCache {
         {
             return None;
         }
-        let Some(entry) = inner.l1.get(hash) else {
-            return Some(Cached::Miss);
+        let found = match inner.l1.get(hash) {
+            None => return Some(Cached::Miss),
+            Some(Entry::NotFound { .. }) => return Some(Cached::Done(Outcome::Unknown)),
+            Some(Entry::Found(found, _)) => found,
         };
-        Some(match self.judge(&entry, required) {
+        Some(match self.judge(&found, required) {
             Judged::Done(Outcome::Expired) => {
                 // Expired is final for this record: free the slot now rather
                 // than at the TTL.
@@ -237,15 +239,16 @@ impl ApiKeyCache {
     }
 
     async fn verify_uncached(&self, hash: KeyHash, required: &RequiredScopes) -> Outcome {
-        let entry = if self.mode() == Mode::DatabaseOnly {
+        let found = if self.mode() == Mode::DatabaseOnly {
             match self.query_store(&hash).await {
-                Ok(Some(record)) => Entry::Found(self.found(record), None),
+                Ok(Some(record)) => self.found(record),
                 Ok(None) => return Outcome::Unknown,
                 Err(()) => return Outcome::Unavailable,
             }
         } else {
             match self.load(hash).await {
-                Ok(entry) => entry,
+                Ok(Entry::Found(found, _)) => found,
+                Ok(Entry::NotFound { .. }) => return Outcome::Unknown,
                 // Stale-if-error: a record past its freshness but within the
                 // stale window, and not invalidated (invalidation removes
                 // it), is judged as usual, so never past `expires_at`. A "not
@@ -256,13 +259,13 @@ impl ApiKeyCache {
                             .stats
                             .stale_served
                             .fetch_add(1, Ordering::Relaxed);
-                        Entry::Found(found, None)
+                        found
                     }
                     None => return Outcome::Unavailable,
                 },
             }
         };
-        match self.judge(&entry, required) {
+        match self.judge(&found, required) {
             Judged::Done(outcome) => outcome,
             Judged::Limited(found) => self.limit(found).await,
         }
@@ -271,11 +274,7 @@ impl ApiKeyCache {
     /// Judges a record now: status, expiry, scopes. Counts a valid request
     /// unless a limiter still has to decide.
     #[inline]
-    fn judge(&self, entry: &Entry, required: &RequiredScopes) -> Judged {
-        let found = match entry {
-            Entry::NotFound { .. } => return Judged::Done(Outcome::Unknown),
-            Entry::Found(f, _) => f,
-        };
+    fn judge(&self, found: &Arc<Found>, required: &RequiredScopes) -> Judged {
         let record = &found.record;
         match record.status {
             KeyStatus::Active => {}

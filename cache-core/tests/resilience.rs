@@ -259,7 +259,7 @@ async fn store_outage_serves_stale_within_the_window_and_fails_closed_otherwise(
     for k in [&cached, &invalidated, &expiring] {
         assert!(cache.verify_key(&k.plaintext, &none).await.is_valid());
     }
-    // Let the L1 entries go stale (moka keeps real time).
+    // Let the L1 entries go stale (real time: the proxy below is real I/O).
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     proxy.cut();

@@ -464,3 +464,42 @@ async fn rediss_against_plain_server_falls_back_to_store() {
         .is_valid());
     assert_eq!(store.lookups(), 1);
 }
+
+/// A flood of one-off unknown keys, twenty times L1's capacity, does not
+/// push out keys that are read again: after it, the hot keys are still
+/// answered from L1. (A plain LRU of the same size would have reloaded all
+/// of them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_key_flood_keeps_hot_keys_in_l1() {
+    let admin: Arc<dyn KeyAdmin> = Arc::new(MemoryStore::new());
+    let store = CountingStore::new(admin.clone());
+    let config = CacheConfig::builder().l1_capacity(1_000).build().unwrap();
+    let cache = cache_over(&store, config).await;
+    let none = RequiredScopes::none();
+    let mut hot = Vec::new();
+    for _ in 0..300 {
+        hot.push(issue(&admin, &cache, &["a"]).await.0);
+    }
+    for _ in 0..3 {
+        for key in &hot {
+            assert!(cache.verify_key(key, &none).await.is_valid());
+        }
+    }
+    assert_eq!(store.lookups(), hot.len());
+
+    for i in 0..20_000 {
+        let unknown = format!("ak_flood_{i:034}");
+        assert_eq!(cache.verify_key(&unknown, &none).await, Outcome::Unknown);
+    }
+    assert_eq!(store.lookups(), hot.len() + 20_000);
+
+    for key in &hot {
+        assert!(cache.verify_key(key, &none).await.is_valid());
+    }
+    let reloaded = store.lookups() - hot.len() - 20_000;
+    assert!(
+        reloaded <= hot.len() / 20,
+        "{reloaded} of {} hot keys were pushed out by the flood",
+        hot.len()
+    );
+}
