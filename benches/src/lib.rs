@@ -1,2 +1,141 @@
-//! Benchmarks for apikey-cache live in `benches/`; run them with
-//! `cargo bench -p apikey-cache-benches`. This library is empty.
+//! Shared pieces of the apikey-cache benchmarks: the axum apps of the
+//! side-by-side HTTP comparison, served by `bench-server` and driven
+//! in-process by the `router` example (instruction counts).
+//!
+//! The criterion benchmarks live in `benches/`; run them with
+//! `cargo bench -p apikey-cache-benches`.
+
+use std::sync::Arc;
+
+use apikey_cache::{
+    ApiKeyCache, CacheConfig, KeyId, KeyRecord, MemoryStore, RequiredScopes, Scopes,
+};
+use apikey_cache_tower::{ApiKeyLayer, Authenticated};
+use axum::body::Body;
+use axum::http::{header, Request, Response, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use sha2::{Digest, Sha256};
+use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
+
+/// How many keys the `apikey`, `moka` and `quick` apps know.
+pub const KEYS: usize = 10_000;
+
+/// The ways `GET /v1/whoami` can be guarded, as [`app`] builds them.
+pub const MODES: &[&str] = &["noauth", "bearer", "apikey", "moka", "quick"];
+
+/// The bench key number `i`: `ak_bench_` plus six digits, padded with `x`
+/// to 43 characters, the length of a generated key
+/// (`benches/wrk/random-key.lua` builds the same strings).
+pub fn key(i: usize) -> String {
+    format!("ak_bench_{i:06}{}", "x".repeat(43 - 15))
+}
+
+async fn whoami() -> &'static str {
+    r#"{"ok":true}"#
+}
+
+async fn whoami_keyed(Authenticated(key): Authenticated) -> &'static str {
+    std::hint::black_box(&key.id);
+    r#"{"ok":true}"#
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer<B>(req: &Request<B>) -> Option<&[u8]> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut res = Response::new(Body::from(r#"{"error":"invalid_api_key"}"#));
+    *res.status_mut() = StatusCode::UNAUTHORIZED;
+    res
+}
+
+/// The design's prototype: SHA-256 of the bearer token and one cache
+/// lookup in a `from_fn` middleware; no store, no scopes, no counting.
+fn bare_lookup(found: impl Fn(&[u8; 32]) -> bool + Clone + Send + Sync + 'static) -> Router {
+    Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route_layer(axum::middleware::from_fn(
+            move |req: Request<Body>, next: axum::middleware::Next| {
+                let hit = bearer(&req).is_some_and(|t| found(&Sha256::digest(t).into()));
+                async move {
+                    if hit {
+                        next.run(req).await
+                    } else {
+                        unauthorized()
+                    }
+                }
+            },
+        ))
+}
+
+/// The cheapest credible bearer check: right scheme, right prefix and
+/// length, no lookup.
+#[derive(Clone, Copy)]
+struct StaticBearer;
+
+impl<B: Send + 'static> AsyncAuthorizeRequest<B> for StaticBearer {
+    type RequestBody = B;
+    type ResponseBody = Body;
+    type Future = std::future::Ready<Result<Request<B>, Response<Body>>>;
+
+    fn authorize(&mut self, req: Request<B>) -> Self::Future {
+        let ok = bearer(&req).is_some_and(|t| t.len() == 43 && t.starts_with(b"ak_bench_"));
+        std::future::ready(if ok { Ok(req) } else { Err(unauthorized()) })
+    }
+}
+
+/// The app for `mode` (one of [`MODES`]), with every key in its cache:
+///
+/// * `noauth`: no authentication at all;
+/// * `bearer`: tower-http's `AsyncRequireAuthorizationLayer`, a static check;
+/// * `apikey`: `ApiKeyLayer` requiring scope `whoami`, [`KEYS`] keys in L1;
+/// * `moka`, `quick`: the design's prototype, `from_fn` with SHA-256 and a
+///   bare moka or quick_cache lookup.
+///
+/// Must run inside a Tokio runtime (the cache spawns its background tasks).
+pub async fn app(mode: &str) -> Result<Router, Box<dyn std::error::Error>> {
+    Ok(match mode {
+        "noauth" => Router::new().route("/v1/whoami", get(whoami)),
+        "bearer" => Router::new()
+            .route("/v1/whoami", get(whoami))
+            .route_layer(AsyncRequireAuthorizationLayer::new(StaticBearer)),
+        "apikey" => {
+            let store = Arc::new(MemoryStore::new());
+            let cache = ApiKeyCache::new(CacheConfig::from_env()?, store.clone())?;
+            for i in 0..KEYS {
+                let k = key(i);
+                store.insert(KeyRecord::new(
+                    KeyId::new(format!("key_{i}")),
+                    cache.hash_key(&k),
+                    format!("owner_{}", i % 100),
+                    Scopes::new(["orders:*", "whoami"]),
+                ));
+                // Warm L1 so a run measures hits.
+                cache.verify_key(&k, &RequiredScopes::none()).await;
+            }
+            Router::new()
+                .route("/v1/whoami", get(whoami_keyed))
+                .route_layer(ApiKeyLayer::new(cache).require(["whoami"]))
+        }
+        "moka" => {
+            let l1: moka::sync::Cache<[u8; 32], ()> = moka::sync::Cache::new(100_000);
+            for i in 0..KEYS {
+                l1.insert(Sha256::digest(key(i).as_bytes()).into(), ());
+            }
+            bare_lookup(move |h| l1.get(h).is_some())
+        }
+        "quick" => {
+            let l1: Arc<quick_cache::sync::Cache<[u8; 32], ()>> =
+                Arc::new(quick_cache::sync::Cache::new(100_000));
+            for i in 0..KEYS {
+                l1.insert(Sha256::digest(key(i).as_bytes()).into(), ());
+            }
+            bare_lookup(move |h| l1.get(h).is_some())
+        }
+        other => return Err(format!("unknown mode {other}: one of {MODES:?}").into()),
+    })
+}

@@ -368,7 +368,7 @@ impl ApiKeyCache {
     /// Wraps a loaded record with its key's usage counter.
     pub(crate) fn found(&self, record: KeyRecord) -> Arc<Found> {
         let usage = self.inner.usage.cell(&record.id);
-        Arc::new(Found { record, usage })
+        Arc::new(Found::new(record, usage))
     }
 
     pub(crate) async fn query_store(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ()> {

@@ -87,8 +87,18 @@ impl<'a> HeaderLookup<'a> {
 
 #[cfg(feature = "http")]
 impl HeaderSource for http::HeaderMap {
+    #[inline]
     fn header(&self, name: &str) -> HeaderLookup<'_> {
-        HeaderLookup::from_values(self.get_all(name).into_iter().map(|v| v.as_bytes()))
+        use http::header::{HeaderName, AUTHORIZATION};
+        // Looking up by `&str` parses the name on every request; the
+        // default sources get prebuilt names.
+        static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+        let values = match name {
+            "authorization" => self.get_all(AUTHORIZATION),
+            "x-api-key" => self.get_all(&X_API_KEY),
+            other => self.get_all(other),
+        };
+        HeaderLookup::from_values(values.into_iter().map(|v| v.as_bytes()))
     }
 }
 

@@ -36,10 +36,7 @@ impl VerifiedKey {
     /// Wraps a record (for tests and hand-made keys: requests counted
     /// through it reach no usage counter).
     pub fn new(record: KeyRecord) -> Self {
-        Self(Arc::new(Found {
-            record,
-            usage: Arc::default(),
-        }))
+        Self(Arc::new(Found::new(record, Arc::default())))
     }
 
     pub(crate) fn from_found(found: Arc<Found>) -> Self {

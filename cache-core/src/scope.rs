@@ -17,6 +17,7 @@
 //! ```
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Up to this many exact scopes are compared one by one; a scan of a few
@@ -85,13 +86,12 @@ impl Scopes {
 
     /// Whether every required scope is granted. Allocates nothing.
     pub fn grants_all(&self, required: &RequiredScopes) -> bool {
-        self.all || required.0.iter().all(|s| self.grants(s))
+        self.all || required.iter().all(|s| self.grants(s))
     }
 
     /// The required scopes that are not granted, in the order required.
     pub fn missing(&self, required: &RequiredScopes) -> Vec<String> {
         required
-            .0
             .iter()
             .filter(|s| !self.grants(s))
             .map(|s| s.to_string())
@@ -135,8 +135,13 @@ impl<'de> Deserialize<'de> for Scopes {
 /// let write = RequiredScopes::new(["orders:write"]);
 /// assert_eq!(write.iter().collect::<Vec<_>>(), ["orders:write"]);
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RequiredScopes(Arc<[Box<str>]>);
+#[derive(Clone, Default)]
+pub struct RequiredScopes {
+    /// Unique per `new` (shared by clones), 0 for none: lets a cached record
+    /// remember that it satisfies this set without comparing strings again.
+    id: u64,
+    scopes: Arc<[Box<str>]>,
+}
 
 impl RequiredScopes {
     /// Requires every scope in `scopes`.
@@ -145,7 +150,20 @@ impl RequiredScopes {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        Self(scopes.into_iter().map(|s| s.as_ref().into()).collect())
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let scopes: Arc<[Box<str>]> = scopes.into_iter().map(|s| s.as_ref().into()).collect();
+        if scopes.is_empty() {
+            return Self::none();
+        }
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            scopes,
+        }
+    }
+
+    /// The identity of this set (shared by its clones), 0 when empty.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Requires nothing beyond a valid key.
@@ -155,12 +173,26 @@ impl RequiredScopes {
 
     /// Whether nothing is required.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.scopes.is_empty()
     }
 
     /// The required scopes.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|s| &**s)
+        self.scopes.iter().map(|s| &**s)
+    }
+}
+
+impl PartialEq for RequiredScopes {
+    fn eq(&self, other: &Self) -> bool {
+        self.scopes == other.scopes
+    }
+}
+
+impl Eq for RequiredScopes {}
+
+impl std::fmt::Debug for RequiredScopes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RequiredScopes").field(&self.scopes).finish()
     }
 }
 

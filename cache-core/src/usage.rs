@@ -86,10 +86,14 @@ impl Usage {
             .clone()
     }
 
-    /// Moves every cell's count into one batch; drops idle cells.
-    fn take(&self, now: OffsetDateTime) -> Vec<UsageDelta> {
+    /// Moves every cell's count into one batch; drops idle cells. Yields
+    /// between shards: with many active keys this is milliseconds of work,
+    /// and the requests queued behind it on this worker should not wait for
+    /// all of it.
+    async fn take(&self, now: OffsetDateTime) -> Vec<UsageDelta> {
         let mut deltas = Vec::new();
         for shard in &self.shards {
+            tokio::task::yield_now().await;
             lock(shard).retain(|id, cell| {
                 let n = cell.pending.swap(0, Ordering::AcqRel);
                 if n > 0 {
@@ -137,6 +141,9 @@ pub(crate) trait Sink: Send + Sync {
     async fn to_store(&self, batch: &UsageBatch) -> Result<(), StoreError>;
     /// `Ok(false)` when there is no Redis to deliver to.
     async fn to_redis(&self, batch: &UsageBatch) -> Result<bool, String>;
+    /// Whether there is a Redis to deliver to at all (configured, whatever
+    /// its health).
+    fn has_redis(&self) -> bool;
 }
 
 impl Usage {
@@ -148,10 +155,12 @@ impl Usage {
         let mut store_slot = self.store_batch.lock().await;
         let mut redis = self.redis_batch.lock().await;
         if store_slot.is_none() {
-            let deltas = self.take(now);
+            let deltas = self.take(now).await;
             if !deltas.is_empty() {
-                for d in &deltas {
-                    *redis.backlog.entry(d.key_id.clone()).or_default() += d.requests;
+                if sink.has_redis() {
+                    for d in &deltas {
+                        *redis.backlog.entry(d.key_id.clone()).or_default() += d.requests;
+                    }
                 }
                 *store_slot = Some(UsageBatch {
                     id: uuid::Uuid::new_v4(),
@@ -254,6 +263,10 @@ impl Sink for crate::ApiKeyCache {
         tokio::time::timeout(inner.config.store_timeout, inner.store.record_usage(batch))
             .await
             .map_err(|_| StoreError::Timeout)?
+    }
+
+    fn has_redis(&self) -> bool {
+        self.inner.l2.is_some()
     }
 
     async fn to_redis(&self, batch: &UsageBatch) -> Result<bool, String> {

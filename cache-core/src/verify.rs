@@ -219,7 +219,7 @@ impl ApiKeyCache {
             Some(Entry::NotFound { .. }) => return Some(Cached::Done(Outcome::Unknown)),
             Some(Entry::Found(found, _)) => found,
         };
-        Some(match self.judge(&found, required) {
+        Some(match self.judge(found, required) {
             Judged::Done(Outcome::Expired) => {
                 // Expired is final for this record: free the slot now rather
                 // than at the TTL.
@@ -265,7 +265,7 @@ impl ApiKeyCache {
                 },
             }
         };
-        match self.judge(&found, required) {
+        match self.judge(found, required) {
             Judged::Done(outcome) => outcome,
             Judged::Limited(found) => self.limit(found).await,
         }
@@ -274,28 +274,28 @@ impl ApiKeyCache {
     /// Judges a record now: status, expiry, scopes. Counts a valid request
     /// unless a limiter still has to decide.
     #[inline]
-    fn judge(&self, found: &Arc<Found>, required: &RequiredScopes) -> Judged {
-        let record = &found.record;
-        match record.status {
+    fn judge(&self, found: Arc<Found>, required: &RequiredScopes) -> Judged {
+        match found.status {
             KeyStatus::Active => {}
             KeyStatus::Revoked => return Judged::Done(Outcome::Revoked),
             KeyStatus::Disabled => return Judged::Done(Outcome::Disabled),
         }
-        if let Some(at) = record.expires_at {
+        if let Some(at) = found.expires_at {
             if self.inner.clock.now() >= at {
                 return Judged::Done(Outcome::Expired);
             }
         }
-        if !record.scopes.grants_all(required) {
+        if !found.grants_all(required) {
             return Judged::Done(Outcome::InsufficientScope {
-                missing: record.scopes.missing(required),
+                missing: found.record.scopes.missing(required),
             });
         }
-        if record.rate_limit.is_some() || record.monthly_quota.is_some() {
-            return Judged::Limited(found.clone());
+        if found.limited {
+            return Judged::Limited(found);
         }
         found.usage.incr();
-        Judged::Done(Outcome::Valid(VerifiedKey::from_found(found.clone())))
+        // Moved, not cloned: the record's reference count is touched once.
+        Judged::Done(Outcome::Valid(VerifiedKey::from_found(found)))
     }
 
     /// Consults the rate limit and quota of a key that is otherwise valid.
