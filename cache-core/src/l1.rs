@@ -3,8 +3,9 @@
 //! Built on `quick_cache` (S3-FIFO) rather than moka. Under request load on
 //! two cores, moka's per-read bookkeeping (access-order deque, read-op
 //! channel, timestamps written on every hit) cost more than the whole
-//! SHA-256 of the key; a `quick_cache` hit is a sharded read lock, a table
-//! probe and, until it saturates, a relaxed counter bump. S3-FIFO keeps the
+//! SHA-256 of the key; a `quick_cache` hit is a read lock (per-thread slots,
+//! so readers on different cores share no lock word), a table probe and,
+//! until it saturates, a relaxed counter bump. S3-FIFO keeps the
 //! property the design asked of TinyLFU: a flood of one-off keys passes
 //! through a small probation queue and does not push out keys that are read
 //! again (`tests/verify.rs` floods L1 to check it).
