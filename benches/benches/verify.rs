@@ -1,6 +1,8 @@
 //! The verification path, side by side with its floor.
 //!
-//! * `floor`: SHA-256 of a 43-byte key plus a moka `get` of an `Arc`.
+//! * `floor`: SHA-256 of a 43-byte key plus a cache `get` of an `Arc`,
+//!   with moka (the design's reference) and with quick_cache (what L1 is
+//!   built on).
 //! * `l1_hit`: `ApiKeyCache::verify_key` answered by L1.
 //! * `l2_hit`: L1 disabled (TTL 0), answered by Redis on loopback.
 //! * `l1_hit_rate_limited`: an L1 hit on a key with a rate limit: one
@@ -67,6 +69,20 @@ fn bench(c: &mut Criterion) {
             i = (i + 1) % KEYS;
             let h: [u8; 32] = Sha256::digest(keys[i].as_bytes()).into();
             black_box(floor.get(&h))
+        })
+    });
+
+    let quick: quick_cache::sync::Cache<[u8; 32], Arc<String>> =
+        quick_cache::sync::Cache::new(100_000);
+    for k in &keys {
+        quick.insert(Sha256::digest(k.as_bytes()).into(), Arc::new(k.clone()));
+    }
+    let mut i = 0usize;
+    group.bench_function("floor_sha256_quick_cache_get", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            let h: [u8; 32] = Sha256::digest(keys[i].as_bytes()).into();
+            black_box(quick.get(&h))
         })
     });
 
