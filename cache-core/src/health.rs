@@ -260,6 +260,9 @@ impl ApiKeyCache {
                 (Some(up), started.elapsed().as_secs_f64() * 1e3)
             }
         };
+        // Dead entries cannot answer anything: drop them before counting
+        // what the caches hold.
+        inner.l1.sweep();
         let probe = Probe {
             l1_entries: inner.l1.entry_count(),
             l1_negative: inner.l1.negative_count(),

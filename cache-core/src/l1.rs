@@ -13,11 +13,12 @@
 //! Every entry carries its own deadline, checked on read against the
 //! monotonic clock (tokio's, so tests can pause it): a record is fresh for `l1_ttl` after it was loaded (then,
 //! with stale-if-error, servable for `stale_if_error` more while the store
-//! is down), a "not found" for `negative_ttl`. A record's `expires_at` is
-//! judged separately on every read against the [`Clock`](crate::Clock), and
-//! an expired record is dropped the first time it is seen, so no entry is
-//! served past it. Dead entries are never served; [`L1::sweep`] frees
-//! them in the background so they do not wait for eviction.
+//! is down), a "not found" for `negative_ttl` (at most `l1_ttl`). A
+//! record's `expires_at` is judged separately on every read against the
+//! [`Clock`](crate::Clock), so no entry is served past it; the request path
+//! also drops it then. Dead entries are never served; [`L1::sweep`] frees
+//! them in the background (and before health counts entries) so they do not
+//! wait for eviction.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,12 +132,19 @@ impl L1 {
         negative_ttl: Duration,
         stale_window: Duration,
     ) -> Self {
+        // Deadlines are `Instant + lifetime`, which panics on overflow: cap
+        // absurd settings (a configured `u64::MAX` seconds) at a century.
+        const CAP: Duration = Duration::from_secs(100 * 365 * 86_400);
+        let ttl = ttl.min(CAP);
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
         Self {
             cache: Cache::new(capacity),
             ttl,
-            negative_ttl,
-            stale_window,
+            // A "not found" is no more trustworthy than a record: it too
+            // must not outlive `l1_ttl`, the bound on staleness when an
+            // invalidation (here: of a key created elsewhere) is lost.
+            negative_ttl: negative_ttl.min(ttl),
+            stale_window: stale_window.min(CAP),
         }
     }
 
@@ -175,9 +183,13 @@ impl L1 {
     }
 
     pub(crate) fn insert(&self, hash: KeyHash, entry: Entry) {
-        // A zero lifetime (L1 switched off): the entry would be dead on
-        // arrival, and would only evict live ones.
-        if !(self.ttl + self.stale_window).is_zero() {
+        // An entry dead on arrival (L1 switched off, a zero negative TTL)
+        // could never be read, and would only evict live ones.
+        let last_read = match &entry {
+            Entry::Found(_, fresh) => *fresh + self.stale_window,
+            Entry::NotFound { until } => *until,
+        };
+        if Instant::now() < last_read {
             self.cache.insert(hash, entry);
         }
     }
@@ -327,6 +339,49 @@ mod tests {
         assert!(f.grants_all(&RequiredScopes::none()));
         let (_, g) = found(2);
         assert!(!g.grants_all(&RequiredScopes::new(["a", "c"])));
+    }
+
+    #[test]
+    fn scope_memo_with_wildcards_and_alternating_routes() {
+        let hash = KeyHasher::new(None).hash(b"w");
+        let record = KeyRecord::new(KeyId::new("w"), hash, "acme", Scopes::new(["orders:*"]));
+        let f = Found::new(record, Arc::default());
+        let read = RequiredScopes::new(["orders:read"]);
+        let bare = RequiredScopes::new(["orders"]);
+        let billing = RequiredScopes::new(["billing:read"]);
+        for _ in 0..3 {
+            assert!(f.grants_all(&read));
+            assert!(!f.grants_all(&bare), "`orders:*` does not grant `orders`");
+            assert!(!f.grants_all(&billing));
+        }
+    }
+
+    #[test]
+    fn absurd_lifetimes_do_not_overflow() {
+        let l1 = L1::new(10, Duration::MAX, Duration::MAX, Duration::MAX);
+        let (hash, f) = found(7);
+        l1.insert(hash, l1.found(f));
+        assert!(l1.get(&hash).is_some());
+        assert!(l1.get_stale(&hash).is_some());
+        assert_eq!(l1.sweep(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_found_never_outlives_the_l1_ttl() {
+        let l1 = L1::new(
+            10,
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+            Duration::ZERO,
+        );
+        let (hash, _) = found(8);
+        l1.insert(hash, l1.not_found());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(l1.get(&hash).is_none());
+        // A zero negative TTL caches nothing.
+        let l1 = L1::new(10, Duration::from_secs(5), Duration::ZERO, Duration::ZERO);
+        l1.insert(hash, l1.not_found());
+        assert_eq!(l1.entry_count(), 0);
     }
 
     #[test]

@@ -86,14 +86,12 @@ impl Usage {
             .clone()
     }
 
-    /// Moves every cell's count into one batch; drops idle cells. Yields
-    /// between shards: with many active keys this is milliseconds of work,
-    /// and the requests queued behind it on this worker should not wait for
-    /// all of it.
-    async fn take(&self, now: OffsetDateTime) -> Vec<UsageDelta> {
+    /// Moves every cell's count into one batch; drops idle cells. Never
+    /// awaits: counts taken out of the cells live only in the returned
+    /// batch, so a flush cancelled halfway through taking would lose them.
+    fn take(&self, now: OffsetDateTime) -> Vec<UsageDelta> {
         let mut deltas = Vec::new();
         for shard in &self.shards {
-            tokio::task::yield_now().await;
             lock(shard).retain(|id, cell| {
                 let n = cell.pending.swap(0, Ordering::AcqRel);
                 if n > 0 {
@@ -155,7 +153,7 @@ impl Usage {
         let mut store_slot = self.store_batch.lock().await;
         let mut redis = self.redis_batch.lock().await;
         if store_slot.is_none() {
-            let deltas = self.take(now).await;
+            let deltas = self.take(now);
             if !deltas.is_empty() {
                 if sink.has_redis() {
                     for d in &deltas {

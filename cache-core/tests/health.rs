@@ -117,3 +117,56 @@ async fn redis_down_is_degraded_not_unhealthy() {
     assert_eq!(r.l2.status, "down");
     assert_eq!((r.status, r.http_status()), (HealthStatus::Degraded, 200));
 }
+
+/// Entries past their lifetime cannot answer: with the store down and only
+/// dead entries in L1, health says unhealthy (the probe sweeps them before
+/// counting), not degraded.
+#[tokio::test(start_paused = true)]
+async fn dead_entries_do_not_count_as_cached_answers() {
+    let (mem, store, cache) = setup(CacheConfig::default());
+    // Off the background sweeper's beat (it ticks every 30 s from the start).
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let key = mem
+        .create_key(cache.hasher(), NewKey::new("a", ["x"]))
+        .await
+        .unwrap();
+    let none = RequiredScopes::none();
+    assert!(cache.verify_key(&key.plaintext, &none).await.is_valid());
+    store.set_failing(true);
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(cache.health().await.status, HealthStatus::Degraded);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(cache.stats().l1_entries, 1, "not swept yet");
+    let r = cache.health().await;
+    assert_eq!((r.status, r.l1.entries), (HealthStatus::Unhealthy, 0));
+    assert_eq!(
+        cache.verify_key(&key.plaintext, &none).await,
+        apikey_cache::Outcome::Unavailable
+    );
+}
+
+/// The background sweeper frees dead entries without any request touching
+/// them.
+#[tokio::test(start_paused = true)]
+async fn background_sweep_frees_dead_entries() {
+    let (_, _, cache) = setup(CacheConfig::default());
+    // Let the background tasks start (and the sweeper's clock with them).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let none = RequiredScopes::none();
+    for i in 0..5 {
+        let unknown = format!("ak_unknown_{i:032}");
+        assert_eq!(
+            cache.verify_key(&unknown, &none).await,
+            apikey_cache::Outcome::Unknown
+        );
+    }
+    assert_eq!(cache.stats().l1_entries, 5);
+    // "Not found" lives 30 s; the sweeper runs every 30 s.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(cache.stats().l1_entries, 0);
+}
