@@ -115,7 +115,8 @@ pub struct CacheConfig {
     pub l1_ttl: Duration,
     /// Redis entry lifetime.
     pub l2_ttl: Duration,
-    /// Lifetime of "no such key" entries.
+    /// Lifetime of "no such key" entries (in process: at most `l1_ttl`, the
+    /// staleness bound when an invalidation is lost).
     pub negative_ttl: Duration,
     /// Budget of every Redis command.
     pub redis_timeout: Duration,
