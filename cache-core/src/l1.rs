@@ -11,9 +11,10 @@
 //! again (`tests/verify.rs` floods L1 to check it).
 //!
 //! Every entry carries its own deadline, checked on read against the
-//! monotonic clock (tokio's, so tests can pause it): a record is fresh for `l1_ttl` after it was loaded (then,
-//! with stale-if-error, servable for `stale_if_error` more while the store
-//! is down), a "not found" for `negative_ttl` (at most `l1_ttl`). A
+//! monotonic clock (tokio's, so tests can pause it): a record is fresh for
+//! `l1_ttl` after it was loaded (then, with stale-if-error, servable for
+//! `stale_if_error` more while the store is down), a "not found" for
+//! `negative_ttl` (at most `l1_ttl`). A
 //! record's `expires_at` is judged separately on every read against the
 //! [`Clock`](crate::Clock), so no entry is served past it; the request path
 //! also drops it then. Dead entries are never served; [`L1::sweep`] frees
@@ -26,14 +27,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use quick_cache::sync::Cache;
+use time::OffsetDateTime;
 // tokio's `Instant` is std's unless tokio's `test-util` is on; with it,
 // tests can pause and advance time instead of sleeping through TTLs.
 use tokio::time::Instant;
 
 use crate::cache::Inner;
 use crate::usage::UsageCell;
-use time::OffsetDateTime;
-
 use crate::{Clock, KeyHash, KeyRecord, KeyStatus, RequiredScopes};
 
 /// A record as the caches hold it: with its key's usage counter, so a valid
