@@ -53,9 +53,8 @@ use std::time::{Duration, Instant};
 
 use crate::codec;
 use crate::events::{self, EventStats};
-use crate::flight::{self, Flights, Role};
-use crate::l1::Found;
-use crate::l1::{lifetime_until, Entry, L1};
+use crate::flight::{self, Flights, Role, Waited};
+use crate::l1::{lifetime_until, Entry, Found, L1};
 use crate::l2::{L2Read, L2};
 use crate::limits::Limiter;
 use crate::stats::{CacheStats, Stats};
@@ -71,6 +70,10 @@ pub enum BuildError {
     /// The Redis URL was rejected by the Redis client.
     #[error("invalid redis configuration: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The configuration does not hold together (see
+    /// [`CacheConfig::validate`]).
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
 }
 
 /// The result a load shares with everyone waiting on it; `Err` means the
@@ -85,7 +88,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) l1: L1,
     pub(crate) l2: Option<Arc<L2>>,
-    pub(crate) flights: Flights<Loaded>,
+    pub(crate) flights: Arc<Flights<Loaded>>,
     /// Bumped by every invalidation; see the module docs.
     pub(crate) generation: AtomicU64,
     /// This instance's own mode (`set_mode`, `APIKEY_CACHE_MODE`).
@@ -102,7 +105,8 @@ pub(crate) struct Inner {
     pub(crate) limiter: Limiter,
     /// Set by `shutdown`: the flusher stops, the final flush runs once.
     pub(crate) shutting_down: AtomicBool,
-    pub(crate) failed_invalidations: std::sync::Mutex<crate::invalidation::FailedInvalidations>,
+    /// Invalidations under way on this instance, and what they hold.
+    pub(crate) invalidations: crate::invalidation::Invalidations,
 }
 
 /// Verifies API keys through an in-process cache, Redis and the store.
@@ -166,7 +170,8 @@ impl ApiKeyCacheBuilder {
 
     /// Builds the cache. Must be called inside a Tokio runtime when Redis is
     /// configured (background tasks are spawned); does not wait for Redis.
-    pub fn build(self) -> Result<ApiKeyCache, BuildError> {
+    pub fn build(mut self) -> Result<ApiKeyCache, BuildError> {
+        self.config = self.config.validate()?;
         let c = &self.config;
         let l1 = L1::new(c.l1_capacity, c.l1_ttl, c.negative_ttl, c.stale_if_error);
         let l2 = match &c.redis_url {
@@ -182,7 +187,7 @@ impl ApiKeyCacheBuilder {
                 clock: self.clock,
                 l1,
                 l2,
-                flights: Flights::new(),
+                flights: Arc::new(Flights::new()),
                 generation: AtomicU64::new(0),
                 local_mode: AtomicU8::new(mode),
                 fleet_mode: AtomicU8::new(mode_to_u8(Mode::Normal)),
@@ -196,7 +201,7 @@ impl ApiKeyCacheBuilder {
                 usage: Usage::new(),
                 limiter: Limiter::new(),
                 shutting_down: AtomicBool::new(false),
-                failed_invalidations: Default::default(),
+                invalidations: Default::default(),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -220,6 +225,10 @@ impl ApiKeyCacheBuilder {
         Ok(cache)
     }
 }
+
+/// How long past the load budget a waiter waits before giving up on a
+/// load (scheduling delays; the load itself is bounded by its timeouts).
+const WAIT_SLACK: Duration = Duration::from_millis(100);
 
 /// How often L1 is swept of dead entries: about as often as entries die,
 /// within 1 s to 60 s (a sweep write-locks each shard briefly).
@@ -276,89 +285,123 @@ impl ApiKeyCache {
         self.inner.hasher.hash(key.as_bytes())
     }
 
-    /// L1 missed: join or lead the single flight for `hash`.
+    /// L1 missed: join the single flight for `hash`, or start it.
+    ///
+    /// The load runs as a task of its own, so this caller going away
+    /// cancels nothing; every caller waits at most the load budget.
     pub(crate) async fn load(&self, hash: KeyHash) -> Loaded {
+        let inner = &*self.inner;
+        let patience = inner.config.load_budget() + WAIT_SLACK;
         loop {
-            match self.inner.flights.join(hash) {
+            let rx = match inner.flights.join(hash) {
                 Role::Leader(leader) => {
                     // A flight that filled L1 may have ended between our L1
                     // miss and our joining: look again before going out.
-                    if let Some(entry) = self.inner.l1.get(&hash) {
+                    if let Some(entry) = inner.l1.get(&hash) {
                         leader.finish(Ok(entry.clone()));
                         return Ok(entry);
                     }
-                    let started = Instant::now();
-                    let loaded = self.lead(hash).await;
-                    metrics::histogram!("apikey_cache_lookup_duration_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    leader.finish(loaded.clone());
-                    return loaded;
+                    let rx = leader.subscribe();
+                    let generation = inner.generation.load(Ordering::SeqCst);
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        let loaded = this.lead(hash, generation).await;
+                        metrics::histogram!("apikey_cache_lookup_duration_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        leader.finish(loaded);
+                    });
+                    rx
                 }
-                Role::Follower(rx) => {
-                    if let Some(loaded) = flight::wait(rx).await {
-                        return loaded;
-                    }
-                    // The leader's request was cancelled: take over.
-                }
+                Role::Follower(rx) => rx,
+            };
+            match flight::wait(rx, patience).await {
+                Waited::Done(loaded) => return loaded,
+                Waited::TimedOut => return Err(()),
+                // The load task ended without an answer: take over.
+                Waited::Abandoned => {}
             }
         }
     }
 
     /// Loads `hash` from L2, then the store, filling the tiers.
-    async fn lead(&self, hash: KeyHash) -> Loaded {
+    /// `generation` was read before the load began.
+    async fn lead(&self, hash: KeyHash, generation: u64) -> Loaded {
         let inner = &*self.inner;
-        let generation = inner.generation.load(Ordering::SeqCst);
-        let mut skip_l2_fill = false;
+        // Redis's clock at a read that found nothing: the only case in which
+        // the store's answer is written back to Redis.
+        let mut fill_stamp = None;
         if let Some(l2) = &inner.l2 {
-            match l2.get(&hash).await {
-                L2Read::Found(record) => {
-                    let entry = inner.l1.found(self.found(*record));
+            let guard = &inner.invalidations.guard;
+            let (read, stamp) = l2.get(&hash).await;
+            match read {
+                L2Read::Found(record) if !guard.distrusts(&record) => {
+                    let entry = self.entry_for(*record);
                     self.fill_l1(hash, entry.clone(), generation);
                     return Ok(entry);
                 }
-                L2Read::NotFound => {
+                L2Read::NotFound if !guard.distrusts_hash(&hash) => {
                     let entry = inner.l1.not_found();
                     self.fill_l1(hash, entry.clone(), generation);
                     return Ok(entry);
                 }
-                L2Read::Tombstone | L2Read::Unavailable => skip_l2_fill = true,
-                L2Read::Miss => {}
+                L2Read::Found(_) | L2Read::NotFound | L2Read::Tombstone => {
+                    // Invalidated since Redis was filled (a tombstone, or an
+                    // invalidation this instance holds): whatever L1 still
+                    // has for it, even a stale copy that stale-if-error
+                    // could serve, must not answer again. Ask the store and
+                    // leave Redis to the invalidation.
+                    inner.l1.remove(&hash);
+                }
+                L2Read::Miss => fill_stamp = stamp,
+                L2Read::Unavailable => {}
             }
         }
-        let entry = match self.query_store(&hash).await {
-            Ok(Some(record)) => inner.l1.found(self.found(record)),
-            Ok(None) => inner.l1.not_found(),
-            Err(()) => return Err(()),
-        };
-        if let (Some(l2), false) = (&inner.l2, skip_l2_fill) {
-            // A load that raced an invalidation must not refill Redis; the
-            // tombstone + SET NX guard covers the rest (see module docs).
+        let record = self.query_store(&hash).await?;
+        if let (Some(l2), Some(stamp)) = (&inner.l2, fill_stamp) {
+            // A load that raced a local invalidation does not refill Redis;
+            // the tombstone, `SET NX` and the stamp cover the rest (see
+            // the module docs).
             if inner.generation.load(Ordering::SeqCst) == generation {
-                let (value, ttl) = match &entry {
-                    Entry::Found(f, _) => (
-                        codec::encode_found(&f.record),
-                        lifetime_until(&f.record, inner.config.l2_ttl, &*inner.clock),
-                    ),
-                    Entry::NotFound { .. } => {
-                        (codec::encode_not_found(), inner.config.negative_ttl)
-                    }
-                };
-                l2.fill(&hash, value, ttl).await;
+                let (value, ttl) = self.l2_value(record.as_ref());
+                l2.fill(&hash, value, ttl, stamp, inner.config.tombstone_ttl)
+                    .await;
             }
         }
+        let entry = match record {
+            Some(record) => self.entry_for(record),
+            None => inner.l1.not_found(),
+        };
         self.fill_l1(hash, entry.clone(), generation);
         Ok(entry)
     }
 
+    /// The L1 entry for a loaded record: the record, or the verdict
+    /// "expired" once its `expires_at` has passed.
+    fn entry_for(&self, record: KeyRecord) -> Entry {
+        let inner = &*self.inner;
+        if record.is_expired_at(inner.clock.now()) {
+            inner.l1.expired()
+        } else {
+            inner.l1.found(self.found(record))
+        }
+    }
+
+    /// What to write to Redis for a store answer, and for how long: a
+    /// record until the L2 TTL or its `expires_at`, whichever is first; an
+    /// expired record or an unknown key for the negative TTL.
+    fn l2_value(&self, record: Option<&KeyRecord>) -> (Vec<u8>, Duration) {
+        let c = &self.inner.config;
+        let clock = &*self.inner.clock;
+        match record {
+            Some(r) if r.is_expired_at(clock.now()) => (codec::encode_found(r), c.negative_ttl),
+            Some(r) => (codec::encode_found(r), lifetime_until(r, c.l2_ttl, clock)),
+            None => (codec::encode_not_found(), c.negative_ttl),
+        }
+    }
+
     fn fill_l1(&self, hash: KeyHash, entry: Entry, generation: u64) {
         let inner = &*self.inner;
-        if let Entry::Found(f, _) = &entry {
-            if f.record.is_expired_at(inner.clock.now()) {
-                // Expired is final until the store says otherwise; keeping
-                // it would outlive `expires_at`.
-                return;
-            }
-        }
         inner.l1.insert(hash, entry);
         if inner.generation.load(Ordering::SeqCst) != generation {
             inner.l1.remove(&hash);

@@ -22,6 +22,12 @@ use time::OffsetDateTime;
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Now, in UTC.
     fn now(&self) -> OffsetDateTime;
+
+    /// Now, as nanoseconds since the Unix epoch (saturating), for the
+    /// request path: cheaper than [`now`](Self::now) to read and compare.
+    fn unix_nanos(&self) -> i64 {
+        i64::try_from(self.now().unix_timestamp_nanos()).unwrap_or(i64::MAX)
+    }
 }
 
 /// The system clock.
@@ -31,6 +37,15 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
+    }
+
+    #[inline]
+    fn unix_nanos(&self) -> i64 {
+        // No calendar arithmetic: the request path reads this per request.
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            Err(_) => 0,
+        }
     }
 }
 

@@ -279,7 +279,76 @@ impl CacheConfig {
         c.validate()
     }
 
-    fn validate(self) -> Result<Self, ConfigError> {
+    /// The longest one load may take: a Redis read and a Redis fill (each
+    /// two command budgets: a script's first call also loads it) around one
+    /// store query. Waiters on a load give up a little after it, and a
+    /// tombstone must outlive it (see [`validate`](Self::validate)).
+    pub fn load_budget(&self) -> Duration {
+        self.store_timeout
+            .saturating_add(self.redis_timeout.saturating_mul(4))
+    }
+
+    /// Checks the settings together; [`CacheConfigBuilder::build`],
+    /// [`from_env`](Self::from_env) and the cache's constructor call it, so a
+    /// configuration assembled field by field is checked too.
+    ///
+    /// Refused: durations over 100 years (deadlines are `now + duration`,
+    /// which must not overflow), zero timeouts, a zero flush interval or L1
+    /// capacity, and a `tombstone_ttl` not longer than
+    /// [`load_budget`](Self::load_budget): a load that read the old record
+    /// must not be able to outlive the tombstone that blocks its refill.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apikey_cache::CacheConfig;
+    ///
+    /// let short = CacheConfig::builder().tombstone_ttl(Duration::from_secs(1)).build();
+    /// assert!(short.is_err(), "a 1 s tombstone cannot outlive a 2 s store timeout");
+    /// ```
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+        let durations = [
+            ("L1_TTL", self.l1_ttl),
+            ("L2_TTL", self.l2_ttl),
+            ("NEGATIVE_TTL", self.negative_ttl),
+            ("REDIS_TIMEOUT", self.redis_timeout),
+            ("REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout),
+            ("STORE_TIMEOUT", self.store_timeout),
+            ("TOMBSTONE_TTL", self.tombstone_ttl),
+            ("BREAKER_COOLDOWN", self.breaker_cooldown),
+            ("STALE_IF_ERROR", self.stale_if_error),
+            ("USAGE_FLUSH_INTERVAL", self.usage_flush_interval),
+        ];
+        for (name, d) in durations {
+            if d > CENTURY {
+                return Err(ConfigError::Invalid {
+                    name,
+                    value: format!("{}s", d.as_secs()),
+                    expected: "at most 100 years",
+                });
+            }
+        }
+        for (name, d) in [
+            ("REDIS_TIMEOUT", self.redis_timeout),
+            ("REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout),
+            ("STORE_TIMEOUT", self.store_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    name,
+                    value: "0".into(),
+                    expected: "a positive duration",
+                });
+            }
+        }
+        if self.tombstone_ttl <= self.load_budget() {
+            return Err(ConfigError::Invalid {
+                name: "TOMBSTONE_TTL",
+                value: format!("{:?}", self.tombstone_ttl),
+                expected:
+                    "longer than STORE_TIMEOUT + 4 x REDIS_TIMEOUT (the longest a load may take)",
+            });
+        }
         if let Some(url) = &self.redis_url {
             let scheme = url.split("://").next().unwrap_or("");
             if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") || !url.contains("://")

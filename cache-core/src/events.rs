@@ -85,7 +85,16 @@ impl ApiKeyCache {
                     self.inner.events.bad.fetch_add(1, Ordering::Relaxed);
                 }
             },
-            Action::Owner { o } => self.invalidate_owner_local(&o, "remote"),
+            Action::Owner { o } => {
+                // The sender may not have tombstoned the owner's keys yet
+                // (it could not list them): distrust Redis's copies of them
+                // for a tombstone's lifetime; the sender repeats the event
+                // until its tombstones land.
+                let until = tokio::time::Instant::now() + self.inner.config.tombstone_ttl;
+                let target = crate::invalidation::Target::Owner(o.clone());
+                self.inner.invalidations.guard.hold_until(&target, until);
+                self.invalidate_owner_local(&o, "remote");
+            }
             Action::Mode { m } => match m.parse::<Mode>() {
                 Ok(mode) => self.apply_fleet_mode(mode),
                 Err(_) => {
@@ -135,7 +144,7 @@ pub(crate) async fn subscriber(cache: Weak<crate::cache::Inner>, client: redis::
         this.resync(subscriptions == 0);
         subscriptions += 1;
         this.inner.events.subscribed.store(true, Ordering::Release);
-        this.refresh_fleet_mode().await;
+        let mut mode_known = this.refresh_fleet_mode().await;
         tracing::info!(channel = %channel, "invalidation subscriber listening");
 
         let (mut sink, mut stream) = pubsub.split();
@@ -168,6 +177,10 @@ pub(crate) async fn subscriber(cache: Weak<crate::cache::Inner>, client: redis::
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!("invalidation subscriber lost its connection");
                         break;
+                    }
+                    if !mode_known {
+                        let Some(inner) = weak.upgrade() else { return };
+                        mode_known = ApiKeyCache { inner }.refresh_fleet_mode().await;
                     }
                 }
             }

@@ -1,12 +1,16 @@
 //! Single flight: concurrent misses for one hash share one load.
 //!
-//! The first caller becomes the leader and loads; the others wait on a
-//! `watch` channel for its result. If the leader is cancelled (its request
-//! dropped), the channel closes and a waiter takes over as the new leader,
-//! so nobody waits on a load that will never finish.
+//! The first caller becomes the leader: it spawns the load as a task of its
+//! own and then, like everyone else, waits on a `watch` channel for the
+//! result. The load belongs to no caller's future, so a caller that goes
+//! away (or is never polled again) neither cancels it nor strands the
+//! others; each waiter gives up at its own deadline. Should a load task end
+//! without a result (a panic), the channel closes and a waiter takes over
+//! as the new leader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -18,15 +22,15 @@ pub(crate) struct Flights<T> {
     map: Mutex<HashMap<KeyHash, Arc<Slot<T>>>>,
 }
 
-pub(crate) enum Role<'a, T: Clone> {
-    Leader(Leader<'a, T>),
+pub(crate) enum Role<T: Clone> {
+    Leader(Leader<T>),
     Follower(watch::Receiver<Option<T>>),
 }
 
-/// Held by the caller that loads. Dropping it without [`Leader::finish`]
+/// Held by the load task. Dropping it without [`Leader::finish`]
 /// releases the waiters to retry.
-pub(crate) struct Leader<'a, T: Clone> {
-    flights: &'a Flights<T>,
+pub(crate) struct Leader<T: Clone> {
+    flights: Arc<Flights<T>>,
     hash: KeyHash,
     slot: Arc<Slot<T>>,
 }
@@ -42,7 +46,7 @@ impl<T: Clone> Flights<T> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn join(&self, hash: KeyHash) -> Role<'_, T> {
+    pub(crate) fn join(self: &Arc<Self>, hash: KeyHash) -> Role<T> {
         let mut map = self.lock();
         if let Some(slot) = map.get(&hash) {
             return Role::Follower(slot.subscribe());
@@ -50,7 +54,7 @@ impl<T: Clone> Flights<T> {
         let slot = Arc::new(watch::Sender::new(None));
         map.insert(hash, slot.clone());
         Role::Leader(Leader {
-            flights: self,
+            flights: self.clone(),
             hash,
             slot,
         })
@@ -74,7 +78,12 @@ impl<T: Clone> Flights<T> {
     }
 }
 
-impl<T: Clone> Leader<'_, T> {
+impl<T: Clone> Leader<T> {
+    /// A receiver for the result, for the leader's own caller.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<T>> {
+        self.slot.subscribe()
+    }
+
     /// Publishes the result to the waiters.
     pub(crate) fn finish(self, value: T) {
         self.slot.send_replace(Some(value));
@@ -82,7 +91,7 @@ impl<T: Clone> Leader<'_, T> {
     }
 }
 
-impl<T: Clone> Drop for Leader<'_, T> {
+impl<T: Clone> Drop for Leader<T> {
     fn drop(&mut self) {
         let mut map = self.flights.lock();
         // Only remove our own slot: after `forget`, a newer leader may own
@@ -96,11 +105,25 @@ impl<T: Clone> Drop for Leader<'_, T> {
     }
 }
 
-/// Waits for a leader's result; `None` if the leader gave up.
-pub(crate) async fn wait<T: Clone>(mut rx: watch::Receiver<Option<T>>) -> Option<T> {
-    match rx.wait_for(Option::is_some).await {
-        Ok(v) => v.clone(),
-        Err(_) => None,
+/// How a wait for a leader's result ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Waited<T> {
+    Done(T),
+    /// The load ended without a result: take over.
+    Abandoned,
+    /// The waiter's own deadline passed.
+    TimedOut,
+}
+
+/// Waits for a leader's result, at most `deadline`.
+pub(crate) async fn wait<T: Clone>(
+    mut rx: watch::Receiver<Option<T>>,
+    deadline: Duration,
+) -> Waited<T> {
+    match tokio::time::timeout(deadline, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(v)) => v.clone().map_or(Waited::Abandoned, Waited::Done),
+        Ok(Err(_)) => Waited::Abandoned,
+        Err(_) => Waited::TimedOut,
     }
 }
 
@@ -110,7 +133,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_get_the_leaders_value() {
-        let f = Flights::<u32>::new();
+        let f = Arc::new(Flights::<u32>::new());
         let h = KeyHash::from_bytes([1; 32]);
         let Role::Leader(leader) = f.join(h) else {
             panic!()
@@ -119,13 +142,13 @@ mod tests {
             panic!()
         };
         leader.finish(7);
-        assert_eq!(wait(rx).await, Some(7));
+        assert_eq!(wait(rx, Duration::from_secs(1)).await, Waited::Done(7));
         assert_eq!(f.len(), 0);
     }
 
     #[tokio::test]
     async fn dropped_leader_releases_followers() {
-        let f = Flights::<u32>::new();
+        let f = Arc::new(Flights::<u32>::new());
         let h = KeyHash::from_bytes([2; 32]);
         let Role::Leader(leader) = f.join(h) else {
             panic!()
@@ -134,13 +157,13 @@ mod tests {
             panic!()
         };
         drop(leader);
-        assert_eq!(wait(rx).await, None);
+        assert_eq!(wait(rx, Duration::from_secs(1)).await, Waited::Abandoned);
         assert!(matches!(f.join(h), Role::Leader(_)));
     }
 
     #[tokio::test]
     async fn forget_detaches_without_disturbing_the_new_leader() {
-        let f = Flights::<u32>::new();
+        let f = Arc::new(Flights::<u32>::new());
         let h = KeyHash::from_bytes([3; 32]);
         let Role::Leader(old) = f.join(h) else {
             panic!()
@@ -152,5 +175,19 @@ mod tests {
         drop(old);
         assert!(matches!(f.join(h), Role::Follower(_)));
         drop(new);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_at_its_deadline() {
+        let f = Arc::new(Flights::<u32>::new());
+        let h = KeyHash::from_bytes([4; 32]);
+        let Role::Leader(leader) = f.join(h) else {
+            panic!()
+        };
+        let rx = leader.subscribe();
+        assert_eq!(wait(rx, Duration::from_secs(2)).await, Waited::TimedOut);
+        // The load is still running: a later caller joins it.
+        assert!(matches!(f.join(h), Role::Follower(_)));
+        leader.finish(1);
     }
 }

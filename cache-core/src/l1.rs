@@ -1,4 +1,5 @@
-//! The in-process tier: a bounded cache of `hash -> Found | NotFound`.
+//! The in-process tier: a bounded cache of `hash -> Found | NotFound |
+//! Expired`.
 //!
 //! Built on `quick_cache` (S3-FIFO) rather than moka. Under request load on
 //! two cores, moka's per-read bookkeeping (access-order deque, read-op
@@ -14,7 +15,8 @@
 //! monotonic clock (tokio's, so tests can pause it): a record is fresh for
 //! `l1_ttl` after it was loaded (then, with stale-if-error, servable for
 //! `stale_if_error` more while the store is down), a "not found" for
-//! `negative_ttl` (at most `l1_ttl`). A
+//! `negative_ttl` (at most `l1_ttl`), an expired key's verdict for
+//! `negative_ttl` too. A
 //! record's `expires_at` is judged separately on every read against the
 //! [`Clock`](crate::Clock), so no entry is served past it; the request path
 //! also drops it then. Dead entries are never served; [`L1::sweep`] frees
@@ -27,7 +29,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use quick_cache::sync::Cache;
-use time::OffsetDateTime;
 // tokio's `Instant` is std's unless tokio's `test-util` is on; with it,
 // tests can pause and advance time instead of sleeping through TTLs.
 use tokio::time::Instant;
@@ -53,8 +54,9 @@ pub(crate) struct Found {
     /// stays true.
     granted: AtomicU64,
     pub(crate) usage: Arc<UsageCell>,
-    /// `record.expires_at`.
-    pub(crate) expires_at: Option<OffsetDateTime>,
+    /// `record.expires_at`, in nanoseconds since the epoch (saturating),
+    /// compared with [`Clock::unix_nanos`](crate::Clock::unix_nanos).
+    pub(crate) expires_at_nanos: Option<i64>,
     /// `record.status`.
     pub(crate) status: KeyStatus,
     /// Whether the record has a rate limit or a quota to consult.
@@ -67,7 +69,9 @@ impl Found {
         Self {
             granted: AtomicU64::new(0),
             usage,
-            expires_at: record.expires_at,
+            expires_at_nanos: record
+                .expires_at
+                .map(|at| i64::try_from(at.unix_timestamp_nanos()).unwrap_or(i64::MAX)),
             status: record.status,
             limited: record.rate_limit.is_some() || record.monthly_quota.is_some(),
             record,
@@ -100,6 +104,27 @@ pub(crate) enum Entry {
     Found(Arc<Found>, Instant),
     /// No such key, believed until the deadline (the negative TTL).
     NotFound { until: Instant },
+    /// The key's `expires_at` has passed, believed until the deadline (the
+    /// negative TTL): a leaked expired key costs no store query per request.
+    Expired { until: Instant },
+}
+
+impl Entry {
+    /// The record behind a found entry.
+    pub(crate) fn record(&self) -> Option<&KeyRecord> {
+        match self {
+            Self::Found(f, _) => Some(&f.record),
+            Self::NotFound { .. } | Self::Expired { .. } => None,
+        }
+    }
+
+    /// Until when a read may return the entry (`Found`: its freshness).
+    fn deadline(&self) -> Instant {
+        match self {
+            Self::Found(_, fresh) => *fresh,
+            Self::NotFound { until } | Self::Expired { until } => *until,
+        }
+    }
 }
 
 /// `ttl`, shortened so the entry never outlives the record's `expires_at`.
@@ -153,11 +178,7 @@ impl L1 {
     #[inline]
     pub(crate) fn get(&self, hash: &KeyHash) -> Option<Entry> {
         let entry = self.cache.get(hash)?;
-        let deadline = match &entry {
-            Entry::Found(_, fresh) => *fresh,
-            Entry::NotFound { until } => *until,
-        };
-        (Instant::now() < deadline).then_some(entry)
+        (Instant::now() < entry.deadline()).then_some(entry)
     }
 
     /// A found entry for `hash` even if stale, within the stale window: what
@@ -182,12 +203,18 @@ impl L1 {
         }
     }
 
+    pub(crate) fn expired(&self) -> Entry {
+        Entry::Expired {
+            until: Instant::now() + self.negative_ttl,
+        }
+    }
+
     pub(crate) fn insert(&self, hash: KeyHash, entry: Entry) {
         // An entry dead on arrival (L1 switched off, a zero negative TTL)
         // could never be read, and would only evict live ones.
         let last_read = match &entry {
             Entry::Found(_, fresh) => *fresh + self.stale_window,
-            Entry::NotFound { until } => *until,
+            other => other.deadline(),
         };
         if Instant::now() < last_read {
             self.cache.insert(hash, entry);
@@ -222,7 +249,7 @@ impl L1 {
         let stale_window = self.stale_window;
         self.remove_if(|entry| match entry {
             Entry::Found(_, fresh) => now >= *fresh + stale_window,
-            Entry::NotFound { until } => now >= *until,
+            other => now >= other.deadline(),
         })
     }
 
@@ -231,12 +258,13 @@ impl L1 {
         u64::try_from(self.cache.len()).unwrap_or(u64::MAX)
     }
 
-    /// Counts negative entries: a full scan, so for health checks only.
+    /// Counts negative entries (unknown or expired keys): a full scan, so
+    /// for health checks only.
     pub(crate) fn negative_count(&self) -> u64 {
         let n = self
             .cache
             .iter()
-            .filter(|(_, v)| matches!(v, Entry::NotFound { .. }))
+            .filter(|(_, v)| !matches!(v, Entry::Found(..)))
             .count();
         u64::try_from(n).unwrap_or(u64::MAX)
     }

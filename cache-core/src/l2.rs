@@ -61,7 +61,30 @@ pub(crate) struct L2 {
     cooldown: Duration,
     pub(crate) breaker: Breaker,
     pub(crate) stats: L2Stats,
+    read_script: redis::Script,
+    fill_script: redis::Script,
 }
+
+/// Redis's clock (microseconds since the epoch) when a load read its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadStamp(pub(crate) i64);
+
+/// `GET` with the server's time, read first: any write that lands after
+/// this read happens at or after that time.
+const READ: &str = r"
+local t = redis.call('TIME')
+return {t[1], t[2], redis.call('GET', KEYS[1])}
+";
+
+/// `SET NX PX` unless the server's clock has passed `ARGV[3]` (µs); -1
+/// when too late, 1 when written, 0 when the key was taken.
+const FILL: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if now >= tonumber(ARGV[3]) then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+";
 
 impl L2 {
     /// Creates the tier without connecting; spawns the breaker's prober.
@@ -82,6 +105,8 @@ impl L2 {
             cooldown: config.breaker_cooldown,
             breaker: Breaker::new(config.breaker_threshold),
             stats: L2Stats::default(),
+            read_script: redis::Script::new(READ),
+            fill_script: redis::Script::new(FILL),
         });
         tokio::spawn(probe_loop(Arc::downgrade(&l2)));
         // Warm the connection off the request path, with the connect budget.
@@ -156,18 +181,24 @@ impl L2 {
             .map(drop)
     }
 
-    /// Reads the entry for `hash`. Errors and bad values are misses.
-    pub(crate) async fn get(&self, hash: &KeyHash) -> L2Read {
-        let key = self.entry_key(hash);
-        let bytes: Option<Vec<u8>> = match self.call(redis::cmd("GET").arg(&key)).await {
+    /// Reads the entry for `hash`, with Redis's clock at the read (so a
+    /// later fill can prove that no tombstone written after this read can
+    /// have expired yet). Errors and bad values are misses.
+    pub(crate) async fn get(&self, hash: &KeyHash) -> (L2Read, Option<ReadStamp>) {
+        let inv = self.read_script.key(self.entry_key(hash));
+        let (secs, micros, bytes): (i64, i64, Option<Vec<u8>>) = match self.call_script(&inv).await
+        {
             Ok(v) => v,
-            Err(_) => return L2Read::Unavailable,
+            Err(_) => return (L2Read::Unavailable, None),
         };
+        let stamp = Some(ReadStamp(
+            secs.saturating_mul(1_000_000).saturating_add(micros),
+        ));
         let Some(bytes) = bytes else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
-            return L2Read::Miss;
+            return (L2Read::Miss, stamp);
         };
-        match codec::decode(&bytes) {
+        let read = match codec::decode(&bytes) {
             Decoded::Found(r) if r.hash == *hash => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 L2Read::Found(r)
@@ -186,27 +217,37 @@ impl L2 {
                 tracing::warn!(key = %hash.fingerprint(), "undecodable value in redis, treated as a miss");
                 L2Read::Miss
             }
-        }
+        };
+        (read, stamp)
     }
 
-    /// Stores `value` unless the key exists (`SET NX`): a tombstone written
-    /// by an invalidation blocks fills that raced it.
-    pub(crate) async fn fill(&self, hash: &KeyHash, value: Vec<u8>, ttl: Duration) {
+    /// Stores `value` unless the key exists (`SET NX`), and only while
+    /// Redis's clock is within `tombstone_ttl` of the load's read (`stamp`).
+    ///
+    /// A load that read the store before a revocation read Redis even
+    /// earlier, so the revocation's tombstone was written after `stamp` and
+    /// lives at least until `stamp + tombstone_ttl`: a fill that runs before
+    /// that instant finds the tombstone and writes nothing, and a later one
+    /// (a slow load, or a command that sat in a paused server's socket) is
+    /// refused by the script. Redis judges both times by its own clock.
+    pub(crate) async fn fill(
+        &self,
+        hash: &KeyHash,
+        value: Vec<u8>,
+        ttl: Duration,
+        stamp: ReadStamp,
+        tombstone_ttl: Duration,
+    ) {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         if ms == 0 {
             return;
         }
-        let key = self.entry_key(hash);
-        let _ = self
-            .call::<Option<String>>(
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms),
-            )
-            .await;
+        let tomb_us = i64::try_from(tombstone_ttl.as_micros()).unwrap_or(i64::MAX);
+        let mut inv = self.fill_script.key(self.entry_key(hash));
+        inv.arg(value).arg(ms).arg(stamp.0.saturating_add(tomb_us));
+        if let Ok(-1) = self.call_script::<i64>(&inv).await {
+            tracing::debug!(key = %hash.fingerprint(), "fill skipped: the load outlived the tombstone window");
+        }
     }
 }
 
@@ -237,8 +278,16 @@ impl L2 {
             .map(drop)
     }
 
-    pub(crate) async fn get_string(&self, key: &str) -> Result<Option<String>, L2Error> {
-        self.call(redis::cmd("GET").arg(key)).await
+    /// `GET` of a string outside the breaker (under the connect + command
+    /// budget): for a read that is retried until it succeeds whatever the
+    /// breaker says, such as the fleet mode after a reconnect.
+    pub(crate) async fn get_string_unguarded(&self, key: &str) -> Result<Option<String>, L2Error> {
+        let mut conn = self.conn.clone();
+        timed(
+            self.probe_timeout,
+            redis::cmd("GET").arg(key).query_async(&mut conn),
+        )
+        .await
     }
 
     pub(crate) async fn set_string(&self, key: &str, value: &str) -> Result<(), L2Error> {

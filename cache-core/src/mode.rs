@@ -94,18 +94,28 @@ impl ApiKeyCache {
         self.mode_changed(before);
     }
 
-    /// Reads the fleet mode from Redis (on every (re)subscription).
-    pub(crate) async fn refresh_fleet_mode(&self) {
-        let Some(l2) = &self.inner.l2 else { return };
+    /// Reads the fleet mode from Redis (on every (re)subscription), outside
+    /// the breaker: an instance that was cut off while the fleet mode
+    /// changed must learn it as soon as Redis answers, even while its
+    /// breaker is still open. Returns whether it was read; the subscriber
+    /// retries until it is.
+    pub(crate) async fn refresh_fleet_mode(&self) -> bool {
+        let Some(l2) = &self.inner.l2 else {
+            return true;
+        };
         let key = events::mode_key(&self.inner.config.key_prefix);
-        match l2.get_string(&key).await {
+        match l2.get_string_unguarded(&key).await {
             Ok(Some(m)) => match m.parse::<Mode>() {
                 Ok(mode) => self.apply_fleet_mode(mode),
                 Err(_) => tracing::warn!(value = %m, "unknown fleet mode in redis ignored"),
             },
             Ok(None) => self.apply_fleet_mode(Mode::Normal),
-            Err(e) => tracing::debug!(error = %e, "fleet mode not readable"),
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet mode not readable; retrying");
+                return false;
+            }
         }
+        true
     }
 
     fn mode_changed(&self, before: Mode) {

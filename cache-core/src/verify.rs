@@ -217,15 +217,12 @@ impl ApiKeyCache {
         let found = match inner.l1.get(hash) {
             None => return Some(Cached::Miss),
             Some(Entry::NotFound { .. }) => return Some(Cached::Done(Outcome::Unknown)),
+            Some(Entry::Expired { .. }) => return Some(Cached::Done(Outcome::Expired)),
             Some(Entry::Found(found, _)) => found,
         };
+        // A record that expired while cached stays: it answers "expired"
+        // without a store query until its TTL, like an `Expired` entry.
         Some(match self.judge(found, required) {
-            Judged::Done(Outcome::Expired) => {
-                // Expired is final for this record: free the slot now rather
-                // than at the TTL.
-                inner.l1.remove(hash);
-                Cached::Done(Outcome::Expired)
-            }
             Judged::Done(outcome) => Cached::Done(outcome),
             Judged::Limited(found) => Cached::Limited(found),
         })
@@ -249,10 +246,12 @@ impl ApiKeyCache {
             match self.load(hash).await {
                 Ok(Entry::Found(found, _)) => found,
                 Ok(Entry::NotFound { .. }) => return Outcome::Unknown,
+                Ok(Entry::Expired { .. }) => return Outcome::Expired,
                 // Stale-if-error: a record past its freshness but within the
-                // stale window, and not invalidated (invalidation removes
-                // it), is judged as usual, so never past `expires_at`. A "not
-                // found" is never served stale.
+                // stale window, and not invalidated (an invalidation, or a
+                // tombstone a load read, removes it), is judged as usual, so
+                // never past `expires_at`. A "not found" is never served
+                // stale.
                 Err(()) => match self.inner.l1.get_stale(&hash) {
                     Some(found) => {
                         self.inner
@@ -280,10 +279,10 @@ impl ApiKeyCache {
             KeyStatus::Revoked => return Judged::Done(Outcome::Revoked),
             KeyStatus::Disabled => return Judged::Done(Outcome::Disabled),
         }
-        if let Some(at) = found.expires_at {
-            if self.inner.clock.now() >= at {
-                return Judged::Done(Outcome::Expired);
-            }
+        // One clock read serves the expiry check and the usage count's month.
+        let now = self.inner.clock.unix_nanos();
+        if found.expires_at_nanos.is_some_and(|at| now >= at) {
+            return Judged::Done(Outcome::Expired);
         }
         if !found.grants_all(required) {
             return Judged::Done(Outcome::InsufficientScope {
@@ -293,7 +292,7 @@ impl ApiKeyCache {
         if found.limited {
             return Judged::Limited(found);
         }
-        found.usage.incr();
+        self.inner.usage.count(&found.usage, now);
         // Moved, not cloned: the record's reference count is touched once.
         Judged::Done(Outcome::Valid(VerifiedKey::from_found(found)))
     }
@@ -312,7 +311,7 @@ impl ApiKeyCache {
             .await;
         match decision {
             Decision::Allow => {
-                found.usage.incr();
+                inner.usage.count(&found.usage, inner.clock.unix_nanos());
                 Outcome::Valid(VerifiedKey::from_found(found))
             }
             Decision::RateLimited(info) => Outcome::RateLimited(info),

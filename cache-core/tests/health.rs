@@ -118,13 +118,37 @@ async fn redis_down_is_degraded_not_unhealthy() {
     assert_eq!((r.status, r.http_status()), (HealthStatus::Degraded, 200));
 }
 
+/// Advances paused time in small steps, letting background tasks run at
+/// each, so their timers fire when due rather than all at the end of one
+/// big jump.
+async fn step(by: Duration) {
+    let mut left = by;
+    while !left.is_zero() {
+        let d = left.min(Duration::from_millis(100));
+        tokio::time::advance(d).await;
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        left -= d;
+    }
+}
+
 /// Entries past their lifetime cannot answer: with the store down and only
 /// dead entries in L1, health says unhealthy (the probe sweeps them before
 /// counting), not degraded.
 #[tokio::test(start_paused = true)]
 async fn dead_entries_do_not_count_as_cached_answers() {
-    let (mem, store, cache) = setup(CacheConfig::default());
-    // Off the background sweeper's beat (it ticks every 30 s from the start).
+    // Entries live 50 s; the sweeper runs every 45 s (the shorter TTL), so
+    // the entry below dies between two sweeps, wherever their beat falls.
+    let config = CacheConfig::builder()
+        .l1_ttl(Duration::from_secs(50))
+        .negative_ttl(Duration::from_secs(45))
+        .build()
+        .unwrap();
+    let (mem, store, cache) = setup(config);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
     tokio::time::advance(Duration::from_secs(1)).await;
     let key = mem
         .create_key(cache.hasher(), NewKey::new("a", ["x"]))
@@ -133,9 +157,9 @@ async fn dead_entries_do_not_count_as_cached_answers() {
     let none = RequiredScopes::none();
     assert!(cache.verify_key(&key.plaintext, &none).await.is_valid());
     store.set_failing(true);
-    tokio::time::advance(Duration::from_secs(59)).await;
+    step(Duration::from_secs(48)).await;
     assert_eq!(cache.health().await.status, HealthStatus::Degraded);
-    tokio::time::advance(Duration::from_secs(2)).await;
+    step(Duration::from_secs(3)).await;
     assert_eq!(cache.stats().l1_entries, 1, "not swept yet");
     let r = cache.health().await;
     assert_eq!((r.status, r.l1.entries), (HealthStatus::Unhealthy, 0));
