@@ -1,5 +1,7 @@
 #![allow(dead_code, unreachable_pub)]
 
+pub mod gated;
+pub mod hold_proxy;
 pub mod pg;
 pub mod proxy;
 pub mod redis;
@@ -13,6 +15,19 @@ use std::time::{Duration, Instant};
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Like [`wait_until`], for a condition that has to await (a request).
+pub async fn wait_until_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond().await {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
