@@ -560,6 +560,39 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_could_overflow_or_outrun_a_tombstone_are_refused() {
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        assert!(CacheConfig::builder().l1_ttl(century).build().is_ok());
+        for bad in [
+            CacheConfig::builder().l1_ttl(century + Duration::from_secs(1)),
+            CacheConfig::builder().stale_if_error(Duration::MAX),
+            CacheConfig::builder().redis_timeout(Duration::MAX),
+            CacheConfig::builder().redis_timeout(Duration::ZERO),
+            CacheConfig::builder().store_timeout(Duration::ZERO),
+            // The default load budget is 2 s + 4 x 50 ms.
+            CacheConfig::builder().tombstone_ttl(Duration::from_millis(2200)),
+            CacheConfig::builder().store_timeout(Duration::from_secs(10)),
+        ] {
+            assert!(bad.clone().build().is_err(), "{bad:?}");
+        }
+        let c = CacheConfig::builder()
+            .tombstone_ttl(Duration::from_millis(2201))
+            .build()
+            .unwrap();
+        assert_eq!(c.load_budget(), Duration::from_millis(2200));
+        assert!(CacheConfig::from_vars([("APIKEY_CACHE_TOMBSTONE_TTL", "1s")]).is_err());
+        // Assembled field by field: checked when the cache is built.
+        let mut raw = CacheConfig::default();
+        raw.l2_ttl = Duration::MAX;
+        assert!(raw.clone().validate().is_err());
+        let store = std::sync::Arc::new(crate::MemoryStore::new());
+        assert!(matches!(
+            crate::ApiKeyCache::new(raw, store),
+            Err(crate::BuildError::Config(_))
+        ));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration(" 10s "), Some(Duration::from_secs(10)));
