@@ -1,6 +1,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod pg;
+pub mod ports;
 pub mod proxy;
 pub mod redis;
 pub mod store;
