@@ -3,6 +3,8 @@
 //! (killed, paused, restarted), PostgreSQL behind a TCP proxy that can cut
 //! or blackhole the connection.
 
+// Runs against the PostgreSQL store: built only with their features.
+#![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used)]
 
 mod support;

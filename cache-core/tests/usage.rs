@@ -1,6 +1,8 @@
 //! Usage accounting that loses nothing and counts nothing twice, fleet-wide
 //! rate limits and monthly quotas, against real Redis and PostgreSQL.
 
+// Runs against the PostgreSQL store: built only with their features.
+#![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used)]
 
 mod support;

@@ -2,6 +2,8 @@
 //! SQLite (a temp file) and PostgreSQL (a fresh database per test), with a
 //! private redis-server per test where Redis is involved.
 
+// Runs against the SQLite and PostgreSQL stores: built only with their features.
+#![cfg(all(feature = "sqlite", feature = "postgres"))]
 #![allow(clippy::unwrap_used)]
 
 mod support;
