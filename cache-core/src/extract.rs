@@ -16,6 +16,8 @@
 //! assert_eq!(extractor.extract(&HeaderMap::new()), Extracted::Missing);
 //! ```
 
+use std::fmt;
+
 /// Presented keys longer than this are rejected before hashing.
 pub const MAX_KEY_LEN: usize = 256;
 
@@ -64,7 +66,10 @@ pub trait HeaderSource {
 }
 
 /// One header as seen by the extractor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Its `Debug` never prints the value (it may be a presented key), only
+/// its length.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum HeaderLookup<'a> {
     /// Not in the request.
     Absent,
@@ -82,6 +87,26 @@ impl<'a> HeaderLookup<'a> {
             (Some(v), None) => Self::One(v),
             (Some(_), Some(_)) => Self::Many,
         }
+    }
+}
+
+impl fmt::Debug for HeaderLookup<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Absent => f.write_str("Absent"),
+            Self::One(v) => f.debug_tuple("One").field(&Redacted(v.len())).finish(),
+            Self::Many => f.write_str("Many"),
+        }
+    }
+}
+
+/// Stands in for a presented key in `Debug` output: logs and panic
+/// messages get its length, never the key.
+struct Redacted(usize);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted, {} bytes>", self.0)
     }
 }
 
@@ -134,7 +159,16 @@ impl Malformed {
 }
 
 /// What [`KeyExtractor::extract`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Its `Debug` never prints the key (no hasher is at hand for a
+/// fingerprint), only its length:
+///
+/// ```
+/// use apikey_cache::Extracted;
+///
+/// assert_eq!(format!("{:?}", Extracted::Key("ak_secret")), "Key(<redacted, 9 bytes>)");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Extracted<'a> {
     /// A syntactically acceptable key.
     Key(&'a str),
@@ -142,6 +176,16 @@ pub enum Extracted<'a> {
     Missing,
     /// A source held something that cannot be a key.
     Malformed(Malformed),
+}
+
+impl fmt::Debug for Extracted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Key(k) => f.debug_tuple("Key").field(&Redacted(k.len())).finish(),
+            Self::Missing => f.write_str("Missing"),
+            Self::Malformed(m) => f.debug_tuple("Malformed").field(m).finish(),
+        }
+    }
 }
 
 /// The ordered list of places to look for a key.
@@ -394,6 +438,31 @@ mod tests {
             ex.extract(&dup),
             Extracted::Malformed(Malformed::Duplicated)
         );
+    }
+
+    #[test]
+    fn debug_never_prints_the_key() {
+        const KEY: &str = "ak_live_s3cr3t_value";
+        let h = headers(&[("x-api-key", KEY.as_bytes())]);
+        let extracted = KeyExtractor::default().extract(&h);
+        let lookup = h.header("x-api-key");
+        for shown in [
+            format!("{extracted:?}"),
+            format!("{extracted:#?}"),
+            format!("{lookup:?}"),
+            format!("{lookup:#?}"),
+        ] {
+            assert!(!shown.contains(KEY), "{shown}");
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("<redacted, 20 bytes>"), "{shown}");
+        }
+        assert_eq!(format!("{extracted:?}"), "Key(<redacted, 20 bytes>)");
+        assert_eq!(format!("{lookup:?}"), "One(<redacted, 20 bytes>)");
+        assert_eq!(
+            format!("{:?}", Extracted::Malformed(Malformed::TooLong)),
+            "Malformed(TooLong)"
+        );
+        assert_eq!(format!("{:?}", HeaderLookup::Many), "Many");
     }
 
     #[test]

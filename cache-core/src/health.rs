@@ -3,7 +3,10 @@
 //!
 //! Probes (one Redis `PING`, one store lookup of a random hash) run at most
 //! once a second whatever the probe rate: concurrent callers share one probe
-//! and later ones reuse its result until it is a second old.
+//! and later ones reuse its result until it is a second old. "A second"
+//! passes on tokio's timer or on the cache's [`Clock`](crate::Clock),
+//! whichever moves first, so tests advance paused time or a
+//! [`ManualClock`](crate::ManualClock) instead of sleeping.
 //!
 //! Status rules:
 //! * `unhealthy` (503): the store is down and the caches cannot answer
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::{ApiKeyCache, BreakerState, KeyHash, Mode};
+use crate::{ApiKeyCache, BreakerState, Clock, KeyHash, Mode};
 
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -154,7 +157,9 @@ impl HealthReport {
 /// The last probe results, shared by every health request within a second.
 #[derive(Debug, Clone)]
 pub(crate) struct Probe {
+    /// When it ran on tokio's timer (paused time moves it).
     at: tokio::time::Instant,
+    /// When it ran on the cache's clock (a `ManualClock` moves it).
     checked_at: OffsetDateTime,
     store_up: bool,
     store_ms: f64,
@@ -164,6 +169,17 @@ pub(crate) struct Probe {
     /// L1 counts need a maintenance pass and a scan: once per probe too.
     l1_entries: u64,
     l1_negative: u64,
+}
+
+impl Probe {
+    /// Less than a second old on both time sources. A clock that went back
+    /// (wall-clock step) makes the probe stale rather than reused for long.
+    fn is_fresh(&self, clock: &dyn Clock) -> bool {
+        let by_clock = clock.now() - self.checked_at;
+        self.at.elapsed() < PROBE_EVERY
+            && by_clock >= time::Duration::ZERO
+            && by_clock < PROBE_EVERY
+    }
 }
 
 impl ApiKeyCache {
@@ -236,7 +252,7 @@ impl ApiKeyCache {
         // Holding the async lock across the probe makes concurrent callers
         // wait for this one probe instead of starting their own.
         let mut last = inner.health_probe.lock().await;
-        if let Some(p) = last.as_ref().filter(|p| p.at.elapsed() < PROBE_EVERY) {
+        if let Some(p) = last.as_ref().filter(|p| p.is_fresh(&*inner.clock)) {
             return p.clone();
         }
         // A random hash: a real indexed query that finds nothing.
@@ -267,7 +283,7 @@ impl ApiKeyCache {
             l1_entries: inner.l1.entry_count(),
             l1_negative: inner.l1.negative_count(),
             at: tokio::time::Instant::now(),
-            checked_at: OffsetDateTime::now_utc(),
+            checked_at: inner.clock.now(),
             store_up,
             store_ms,
             redis_up,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apikey_cache::{
-    ApiKeyCache, CacheConfig, HealthStatus, KeyAdmin, MemoryStore, Mode, NewKey, RequiredScopes,
+    ApiKeyCache, CacheConfig, Clock, HealthStatus, KeyAdmin, ManualClock, MemoryStore, Mode,
+    NewKey, RequiredScopes,
 };
 use support::redis::RedisServer;
 use support::store::CountingStore;
@@ -96,23 +97,54 @@ async fn status_rules() {
     assert_eq!(r.status, HealthStatus::Unhealthy);
 }
 
+/// The once-a-second bound is also read off the cache's clock, for tests
+/// whose real I/O rules out paused time.
+#[tokio::test]
+async fn probes_at_most_once_a_second_on_the_cache_clock() {
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let cache = ApiKeyCache::builder(Arc::new(MemoryStore::new()))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let first = cache.health().await;
+    assert_eq!(
+        first.checked_at,
+        clock.now(),
+        "stamped by the cache's clock"
+    );
+    clock.advance(Duration::from_millis(999));
+    cache.health().await;
+    assert_eq!(cache.health_probe_count(), 1);
+    clock.advance(Duration::from_millis(2));
+    let second = cache.health().await;
+    assert_eq!(cache.health_probe_count(), 2);
+    assert_eq!(second.checked_at, clock.now());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_is_degraded_not_unhealthy() {
     let mut redis = RedisServer::start();
-    let (_, _, cache) = setup(
-        CacheConfig::builder()
-            .redis_url(redis.url())
-            .redis_timeout(Duration::from_millis(200))
-            .build()
-            .unwrap(),
-    );
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let cache = ApiKeyCache::builder(Arc::new(MemoryStore::new()))
+        .config(
+            CacheConfig::builder()
+                .redis_url(redis.url())
+                .redis_timeout(Duration::from_millis(200))
+                .build()
+                .unwrap(),
+        )
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     support::wait_until("subscribed", || cache.stats().subscribed).await;
     let r = cache.health().await;
     assert_eq!(r.status, HealthStatus::Healthy);
     assert_eq!(r.l2.status, "up");
     assert!(r.invalidation.subscribed);
     redis.kill9();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past the probe throttle without sleeping (real sockets: no paused
+    // time here).
+    clock.advance(Duration::from_millis(1001));
     let r = cache.health().await;
     assert_eq!(r.l2.status, "down");
     assert_eq!((r.status, r.http_status()), (HealthStatus::Degraded, 200));

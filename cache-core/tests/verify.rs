@@ -2,6 +2,8 @@
 //! SQLite (a temp file) and PostgreSQL (a fresh database per test), with a
 //! private redis-server per test where Redis is involved.
 
+// Runs against the SQLite and PostgreSQL stores: built only with their features.
+#![cfg(all(feature = "sqlite", feature = "postgres"))]
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -225,7 +227,9 @@ async fn l2_shared_between_instances(admin: Arc<dyn KeyAdmin>) {
     for k in keys {
         let v: Vec<u8> = redis::cmd("GET").arg(&k).query(&mut conn).unwrap();
         let v = String::from_utf8_lossy(&v);
-        assert!(!k.contains(&key) && !v.contains(&key) && !v.contains(&unknown));
+        assert!(!k.contains(&key), "{k}");
+        assert!(!v.contains(&key), "{k} = {v}");
+        assert!(!v.contains(&unknown), "{k} = {v}");
     }
 }
 
@@ -257,10 +261,10 @@ async fn garbage_in_redis(admin: Arc<dyn KeyAdmin>) {
 
 /// Redis on a closed port: answers come from the store, promptly.
 async fn redis_unreachable(admin: Arc<dyn KeyAdmin>) {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // Leased and never listened on: closed for the whole test (a port
+    // released after `bind(:0)` could meanwhile get another test's server).
+    let lease = support::ports::PortLease::acquire();
+    let closed = lease.port();
     let store = CountingStore::new(admin.clone());
     let cache = ApiKeyCache::new(
         config(Some(&format!("redis://127.0.0.1:{closed}"))),
@@ -281,10 +285,8 @@ async fn redis_unreachable(admin: Arc<dyn KeyAdmin>) {
         "{:?}",
         started.elapsed()
     );
-    assert!(
-        cache.stats().l2_errors >= 1
-            || cache.stats().l2_breaker != Some(apikey_cache::BreakerState::Closed)
-    );
+    // Two lookups, each a failed Redis read: both counted.
+    assert!(cache.stats().l2_errors >= 2, "{:?}", cache.stats());
 }
 
 /// Status and scopes, revocation with invalidation, and fail-closed.
@@ -322,6 +324,40 @@ async fn outcomes_and_revocation(admin: Arc<dyn KeyAdmin>) {
         cache.verify_key(&generate_api_key().unwrap(), &ok).await,
         Outcome::Unavailable
     );
+}
+
+/// Leaving database-only mode drops what L1 held from before: a key
+/// revoked in the store meanwhile (no invalidation, none is needed in
+/// database-only mode) is refused once back in normal mode.
+async fn leaving_database_only_drops_l1(admin: Arc<dyn KeyAdmin>) {
+    let store = CountingStore::new(admin.clone());
+    let cache = cache_over(&store, config(None)).await;
+    let (key, record) = issue(&admin, &cache, &["a"]).await;
+    let (kept, _) = issue(&admin, &cache, &["a"]).await;
+    let none = RequiredScopes::none();
+    for k in [&key, &kept] {
+        assert!(cache.verify_key(k, &none).await.is_valid());
+        assert!(cache.verify_key(k, &none).await.is_valid());
+    }
+    assert_eq!(store.lookups(), 2, "both keys held in L1");
+    assert_eq!(cache.stats().l1_entries, 2);
+
+    cache.set_mode(Mode::DatabaseOnly);
+    admin.revoke_key(&record.id).await.unwrap();
+    assert_eq!(cache.verify_key(&key, &none).await, Outcome::Revoked);
+    assert_eq!(store.lookups(), 3);
+
+    cache.set_mode(Mode::Normal);
+    assert_eq!(cache.stats().l1_entries, 0, "L1 dropped on leaving");
+    assert_eq!(
+        cache.verify_key(&key, &none).await,
+        Outcome::Revoked,
+        "the pre-revocation L1 entry would have said valid"
+    );
+    assert!(cache.verify_key(&kept, &none).await.is_valid());
+    assert_eq!(store.lookups(), 5, "both reloaded from the store");
+    assert!(cache.verify_key(&kept, &none).await.is_valid());
+    assert_eq!(store.lookups(), 5, "and cached again");
 }
 
 /// Database-only mode asks the store on every request.
@@ -367,10 +403,10 @@ async fn load_racing_invalidation(admin: Arc<dyn KeyAdmin>) {
         let (a, key, none) = (a.clone(), key.clone(), none.clone());
         tokio::spawn(async move { a.verify_key(&key, &none).await })
     };
-    // The load has read the active record and is parked.
-    while store.parked() == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    support::wait_until("the load read the active record and parked", || {
+        store.parked() > 0
+    })
+    .await;
     admin.revoke_key(&record.id).await.unwrap();
     a.invalidate(&record.hash).await.unwrap();
     store.release();
@@ -438,8 +474,30 @@ suite!(
     redis_unreachable,
     outcomes_and_revocation,
     database_only,
+    leaving_database_only_drops_l1,
     load_racing_invalidation,
 );
+
+/// With Redis, L2 also holds the record from before database-only mode:
+/// a key revoked meanwhile must be refused once back in normal mode.
+/// Fails today: leaving the mode clears L1 only, and the L2 entry answers
+/// `Valid` (found by the hygiene pass of issue 9; the fix is in `mode.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "leaving database_only clears L1 only; the L2 entry still answers"]
+async fn leaving_database_only_does_not_trust_l2_either() {
+    let redis = RedisServer::start();
+    let admin: Arc<dyn KeyAdmin> = Arc::new(MemoryStore::new());
+    let store = CountingStore::new(admin.clone());
+    let cache = cache_over(&store, config(Some(&redis.url()))).await;
+    let (key, record) = issue(&admin, &cache, &["a"]).await;
+    let none = RequiredScopes::none();
+    assert!(cache.verify_key(&key, &none).await.is_valid());
+    cache.set_mode(Mode::DatabaseOnly);
+    admin.revoke_key(&record.id).await.unwrap();
+    assert_eq!(cache.verify_key(&key, &none).await, Outcome::Revoked);
+    cache.set_mode(Mode::Normal);
+    assert_eq!(cache.verify_key(&key, &none).await, Outcome::Revoked);
+}
 
 /// `KeyStore` is object-safe and usable behind `Arc<dyn KeyStore>`.
 #[allow(dead_code)]

@@ -122,3 +122,9 @@ pub use future::ResponseFuture;
 pub use health::{health_router, HEALTH_PATH};
 pub use layer::ApiKeyLayer;
 pub use service::ApiKey;
+
+// The README's code blocks, compiled (and run unless `no_run`) as doc
+// tests so the snippet users copy keeps building.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -3,6 +3,7 @@
 pub mod gated;
 pub mod hold_proxy;
 pub mod pg;
+pub mod ports;
 pub mod proxy;
 pub mod redis;
 pub mod store;

@@ -2,41 +2,49 @@
 //! without disturbing the others.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::ports::PortLease;
+
 pub struct RedisServer {
     pub port: u16,
+    /// Held for the server's whole life, restarts included, so no other
+    /// test process starts a server on this port meanwhile.
+    lease: PortLease,
     child: Option<Child>,
     dir: std::path::PathBuf,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl RedisServer {
-    /// Starts a server on a free port and waits until it answers.
+    /// Starts a server on a leased port and waits until it answers.
     pub fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "apikey-cache-redis-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut server = Self {
-            port: free_port(),
-            child: None,
-            dir,
-        };
-        server.spawn();
-        server
+        // A port can still be taken by a process that takes no leases:
+        // then redis-server exits at once and another port is tried.
+        for _ in 0..5 {
+            let dir = std::env::temp_dir().join(format!(
+                "apikey-cache-redis-{}",
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let lease = PortLease::acquire();
+            let mut server = Self {
+                port: lease.port(),
+                lease,
+                child: None,
+                dir,
+            };
+            if server.spawn() {
+                return server;
+            }
+            server.kill9();
+        }
+        panic!("redis-server did not start on any of 5 ports");
     }
 
-    fn spawn(&mut self) {
+    /// Starts redis-server on `self.port` and waits until it answers;
+    /// `false` if it exited first (the port was taken).
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -58,9 +66,12 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false;
+            }
             if let Ok(mut conn) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
                 if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    return;
+                    return true;
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -100,7 +111,7 @@ impl RedisServer {
     /// Starts again on the same port (after `kill9`).
     pub fn restart(&mut self) {
         self.kill9();
-        self.spawn();
+        assert!(self.spawn(), "port {} was taken meanwhile", self.port);
     }
 
     /// `SIGSTOP`: a hung server that keeps its connections open.

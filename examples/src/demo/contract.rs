@@ -245,13 +245,22 @@ pub fn validate_scopes(scopes: &[String]) -> Result<(), ApiError> {
 }
 
 /// `201` of `POST /admin/keys` and of rotation: the only time the plaintext
-/// is shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// is shown. Its `Debug` (logs, panic messages) redacts the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedKeyResponse {
     /// The new key's id.
     pub key_id: String,
     /// The plaintext key.
     pub key: String,
+}
+
+impl std::fmt::Debug for CreatedKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKeyResponse")
+            .field("key_id", &self.key_id)
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `GET /admin/keys/{key_id}`: the record as the store has it.
@@ -380,6 +389,19 @@ mod tests {
 
     fn create(json: &str) -> Result<NewKey, ApiError> {
         parse_json::<CreateKeyRequest>(json.as_bytes())?.into_new_key()
+    }
+
+    #[test]
+    fn created_key_debug_redacts_the_key() {
+        let created = CreatedKeyResponse {
+            key_id: "key_1".into(),
+            key: "ak_live_s3cr3t_value".into(),
+        };
+        for shown in [format!("{created:?}"), format!("{created:#?}")] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("key_1"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -14,13 +14,10 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+// One port reservation scheme for every test server in the workspace.
+#[path = "../../../cache-core/tests/support/ports.rs"]
+mod ports;
+pub use ports::PortLease;
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -50,35 +47,48 @@ impl Drop for TempDir {
 pub struct RedisServer {
     pub port: u16,
     child: Child,
+    _lease: PortLease,
     _dir: TempDir,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let dir = TempDir::new("redis");
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
-        let server = Self {
-            port,
-            child,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !server.ping() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        // A process that takes no leases may still hold the port: then
+        // redis-server exits at once and another port is tried.
+        for _ in 0..5 {
+            let dir = TempDir::new("redis");
+            let lease = PortLease::acquire();
+            let port = lease.port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (apt-get install redis-server)");
+            let mut server = Self {
+                port,
+                child,
+                _lease: lease,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if server.ping() {
+                    return server;
+                }
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on port {port} did not answer PING"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        server
+        panic!("redis-server did not start on any of 5 ports");
     }
 
     fn ping(&self) -> bool {
@@ -234,17 +244,30 @@ pub struct DemoServer {
     pub addr: String,
     pub client: reqwest::Client,
     log: PathBuf,
+    /// The demo's port, reserved until the demo is gone.
+    _lease: PortLease,
     _dir: TempDir,
 }
 
 impl DemoServer {
-    /// Starts `bin` on a free port and waits (at most 20 s) until
-    /// `/health/cache` answers 200.
+    /// Starts `bin` on a leased port and waits (at most 20 s) until
+    /// `/health/cache` answers 200. If the port was taken by a process that
+    /// takes no leases, tries another.
     pub async fn start(bin: &str, config: DemoConfig) -> Self {
+        for _ in 0..4 {
+            if let Some(server) = Self::try_start(bin, &config).await {
+                return server;
+            }
+        }
+        panic!("the demo could not bind any of 4 ports");
+    }
+
+    /// `None` if the demo exited because its port was in use.
+    async fn try_start(bin: &str, config: &DemoConfig) -> Option<Self> {
         let dir = TempDir::new("demo");
         let log = dir.path().join("demo.log");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        let lease = PortLease::acquire();
+        let addr = format!("127.0.0.1:{}", lease.port());
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let mut cmd = Command::new(bin);
@@ -277,13 +300,14 @@ impl DemoServer {
                 .build()
                 .unwrap(),
             log,
+            _lease: lease,
             _dir: dir,
         };
-        server.wait_ready().await;
-        server
+        server.wait_ready().await.then_some(server)
     }
 
-    async fn wait_ready(&mut self) {
+    /// `false` if the demo exited because its address was in use.
+    async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self
@@ -291,6 +315,14 @@ impl DemoServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
+                if self
+                    .log_text()
+                    .to_lowercase()
+                    .contains("address already in use")
+                {
+                    self.child = None;
+                    return false;
+                }
                 panic!(
                     "the demo exited during start-up ({status}):\n{}",
                     self.log_text()
@@ -303,7 +335,7 @@ impl DemoServer {
                 .send()
                 .await;
             if matches!(&res, Ok(r) if r.status() == StatusCode::OK) {
-                return;
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
