@@ -3,8 +3,11 @@
 //! The effective mode is `database_only` if either this instance's own mode
 //! or the fleet-wide mode says so. The fleet mode lives in Redis (a key that
 //! instances read when they subscribe, so late starters see it) and travels
-//! as a pub/sub event. Leaving `database_only` clears L1: invalidations were
-//! applied to the store only while the caches were bypassed.
+//! as a pub/sub event. Leaving `database_only` clears L1 (its entries were
+//! not refreshed while the caches were bypassed). Invalidations made in the
+//! mode still tombstone Redis and notify the fleet, so Redis holds nothing
+//! they revoked when the mode ends; a store change that is never
+//! invalidated is served from Redis until its TTL, in either mode.
 
 use std::sync::atomic::Ordering;
 
