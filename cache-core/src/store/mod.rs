@@ -9,6 +9,10 @@
 //! * [`PostgresStore`] (feature `postgres`): for production fleets.
 //! * [`MemoryStore`]: in-process, for tests and examples.
 //!
+//! The two SQL stores are one implementation (`sql/`); `sqlite.rs` and
+//! `postgres.rs` hold only their connection set-up and dialect (column
+//! types, migrations, the usage update).
+//!
 //! ```
 //! use apikey_cache::{KeyAdmin, KeyHasher, KeyStore, MemoryStore, NewKey};
 //!
