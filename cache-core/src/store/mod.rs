@@ -9,6 +9,10 @@
 //! * [`PostgresStore`] (feature `postgres`): for production fleets.
 //! * [`MemoryStore`]: in-process, for tests and examples.
 //!
+//! The two SQL stores are one implementation (`sql/`); `sqlite.rs` and
+//! `postgres.rs` hold only their connection set-up and dialect (column
+//! types, migrations, the usage update).
+//!
 //! ```
 //! use apikey_cache::{KeyAdmin, KeyHasher, KeyStore, MemoryStore, NewKey};
 //!
@@ -29,6 +33,8 @@ mod admin;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
