@@ -41,11 +41,19 @@
 //! * L2: `invalidate` overwrites the entry with a tombstone (lifetime
 //!   `tombstone_ttl`, longer than any load may take), and fills use `SET NX`,
 //!   so a late fill finds the key taken and writes nothing.
-//! * L1: every invalidation bumps a generation counter *before* removing the
-//!   entry. A loader inserts into L1 and *then* re-reads the counter; if it
-//!   moved since the load began, the loader removes what it inserted. Either
-//!   the invalidation's removal runs after the insert, or the loader sees the
-//!   bump; the old record cannot survive both.
+//! * L1: every invalidation bumps a generation counter and removes the
+//!   entry under a write lock; a loader checks that the counter has not
+//!   moved since its load began and inserts under the read lock. Either the
+//!   insert comes first and the invalidation removes it, or the loader sees
+//!   the bump and inserts nothing; no request sees the old record in
+//!   between.
+//! * While an invalidation is under way on this instance (until Redis has
+//!   its tombstone), Redis's answers for what it covers are not trusted
+//!   (`invalidation/guard.rs`), and a tombstone read from Redis drops any
+//!   stale L1 copy.
+//! * A fill that outlives the tombstone: fills run as a script that writes
+//!   only while Redis's clock is within `tombstone_ttl` of the load's Redis
+//!   read (`l2.rs`), and `tombstone_ttl` must exceed the load budget.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -91,6 +99,10 @@ pub(crate) struct Inner {
     pub(crate) flights: Arc<Flights<Loaded>>,
     /// Bumped by every invalidation; see the module docs.
     pub(crate) generation: AtomicU64,
+    /// Fills check the generation and insert under the read lock;
+    /// invalidations bump it and remove under the write lock, so no
+    /// request ever sees, even for an instant, a fill that raced one.
+    fills: std::sync::RwLock<()>,
     /// This instance's own mode (`set_mode`, `APIKEY_CACHE_MODE`).
     pub(crate) local_mode: AtomicU8,
     /// The fleet-wide mode (`set_fleet_mode`, Redis).
@@ -189,6 +201,7 @@ impl ApiKeyCacheBuilder {
                 l2,
                 flights: Arc::new(Flights::new()),
                 generation: AtomicU64::new(0),
+                fills: std::sync::RwLock::new(()),
                 local_mode: AtomicU8::new(mode),
                 fleet_mode: AtomicU8::new(mode_to_u8(Mode::Normal)),
                 stats: Stats::default(),
@@ -400,12 +413,23 @@ impl ApiKeyCache {
         }
     }
 
+    /// Inserts what a load found, unless an invalidation ran since the
+    /// load began (`generation`).
     fn fill_l1(&self, hash: KeyHash, entry: Entry, generation: u64) {
         let inner = &*self.inner;
-        inner.l1.insert(hash, entry);
-        if inner.generation.load(Ordering::SeqCst) != generation {
-            inner.l1.remove(&hash);
+        let _fill = inner.fills.read().unwrap_or_else(|e| e.into_inner());
+        if inner.generation.load(Ordering::SeqCst) == generation {
+            inner.l1.insert(hash, entry);
         }
+    }
+
+    /// Runs `drop_entries` as an invalidation: after a generation bump,
+    /// with no fill in progress (see [`fill_l1`](Self::fill_l1)).
+    pub(crate) fn invalidating<T>(&self, drop_entries: impl FnOnce(&L1) -> T) -> T {
+        let inner = &*self.inner;
+        let _no_fills = inner.fills.write().unwrap_or_else(|e| e.into_inner());
+        inner.generation.fetch_add(1, Ordering::SeqCst);
+        drop_entries(&inner.l1)
     }
 
     /// Wraps a loaded record with its key's usage counter.

@@ -1,7 +1,8 @@
 //! The fault-schedule test: seeded random schedules of requests, key
 //! changes, invalidations and faults, run against three `ApiKeyCache`
-//! instances sharing one real redis-server and one real store (SQLite, or
-//! PostgreSQL behind a TCP proxy), with a checker that holds every outcome
+//! instances sharing one real redis-server (killed, paused, or refusing
+//! writes at times) and one real store (SQLite, or PostgreSQL behind a TCP
+//! proxy; cut or blackholed at times), with a checker that holds every outcome
 //! against the rules:
 //!
 //! 1. Never `Valid` on the invalidating instance for a request that started
@@ -83,6 +84,9 @@ enum Health {
     Hung,
     /// Redis: kill -9. Store: connections refused.
     Down,
+    /// Redis only: answers reads, refuses writes (`maxmemory` reached with
+    /// `noeviction`).
+    ReadOnly,
 }
 
 /// A revocation (or a rotation's grace expiry) and how far it has landed.
@@ -346,6 +350,58 @@ impl World {
             .push(format!("verify on {i}: {}", summary.join(" ")));
     }
 
+    /// Starts requests for `keys` on instance `i` now, to race whatever the
+    /// caller does next; [`check_racers`](Self::check_racers) judges them.
+    fn race(
+        &mut self,
+        i: usize,
+        keys: &[usize],
+    ) -> Vec<(usize, tokio::task::JoinHandle<(Instant, Outcome)>)> {
+        let mut racers = Vec::new();
+        for &k in keys {
+            for _ in 0..3 {
+                let (cache, plaintext) = (self.caches[i].clone(), self.keys[k].plaintext.clone());
+                racers.push((
+                    k,
+                    tokio::spawn(async move {
+                        let at = Instant::now();
+                        (
+                            at,
+                            cache.verify_key(&plaintext, &RequiredScopes::none()).await,
+                        )
+                    }),
+                ));
+            }
+        }
+        racers
+    }
+
+    async fn check_racers(
+        &mut self,
+        i: usize,
+        racers: Vec<(usize, tokio::task::JoinHandle<(Instant, Outcome)>)>,
+    ) {
+        let clock = self.clock.now();
+        let mut summary = Vec::new();
+        for (k, task) in racers {
+            let (at, outcome) = task.await.unwrap();
+            summary.push(short(&outcome));
+            if !outcome.is_valid() {
+                continue;
+            }
+            if let Some(rule) = self.must_refuse(&self.keys[k], i, at, clock) {
+                self.fail(format!(
+                    "key {} accepted on instance {i} during its invalidation: {rule}",
+                    self.keys[k].id
+                ));
+            }
+            self.keys[k].valid += 1;
+            self.keys[k].ever_valid = true;
+        }
+        self.log
+            .push(format!("racing on {i}: {}", summary.join(" ")));
+    }
+
     async fn create(&mut self) {
         let owner = OWNERS[self.rng.below(3) as usize];
         let mut new = NewKey::new(owner, ["orders:*"]);
@@ -419,11 +475,13 @@ impl World {
             landed_at: None,
             from_clock: None,
         });
+        let racers = self.race(origin, &[k]);
         let ok = self.drive(fut).await;
         if ok == Some(true) {
             self.keys[k].change.as_mut().unwrap().landed_at = Some(Instant::now());
         }
         self.log.push(format!("revoke {id} on {origin}: {ok:?}"));
+        self.check_racers(origin, racers).await;
     }
 
     async fn revoke_owner(&mut self) {
@@ -442,6 +500,10 @@ impl World {
                 });
             }
         }
+        let owned: Vec<usize> = (0..self.keys.len())
+            .filter(|k| self.keys[*k].owner == owner)
+            .collect();
+        let racers = self.race(origin, &owned);
         let ok = self.drive(fut).await;
         if ok == Some(true) {
             let now = Instant::now();
@@ -455,6 +517,7 @@ impl World {
         }
         self.log
             .push(format!("revoke owner {owner} on {origin}: {ok:?}"));
+        self.check_racers(origin, racers).await;
     }
 
     async fn rotate(&mut self) {
@@ -463,7 +526,10 @@ impl World {
         let old = &self.keys[k];
         let (id, hash, owner) = (old.id.clone(), old.hash, old.owner.clone());
         let grace = Duration::from_secs(self.rng.below(1800));
-        let until = self.clock.now() + grace;
+        // A grace period never extends the key's own expiry.
+        let until = old.expires_at.map_or(self.clock.now() + grace, |e| {
+            e.min(self.clock.now() + grace)
+        });
         let mut new = NewKey::new(owner.clone(), ["orders:*"]);
         new.expires_at = old.expires_at;
         let expires_at = new.expires_at;
@@ -502,14 +568,24 @@ impl World {
 
     fn redis_fault(&mut self) {
         match self.redis_health {
-            Health::Up if self.rng.chance(50) => {
-                self.redis.kill9();
-                self.redis_ever_killed = true;
-                self.redis_health = Health::Down;
-            }
-            Health::Up => {
-                self.redis.pause();
-                self.redis_health = Health::Hung;
+            Health::Up => match self.rng.below(3) {
+                0 => {
+                    self.redis.kill9();
+                    self.redis_ever_killed = true;
+                    self.redis_health = Health::Down;
+                }
+                1 => {
+                    self.redis.pause();
+                    self.redis_health = Health::Hung;
+                }
+                _ => {
+                    self.max_memory("1");
+                    self.redis_health = Health::ReadOnly;
+                }
+            },
+            Health::ReadOnly => {
+                self.max_memory("0");
+                self.redis_health = Health::Up;
             }
             Health::Hung => {
                 self.redis.resume();
@@ -523,6 +599,18 @@ impl World {
         self.log.push(format!("redis -> {:?}", self.redis_health));
     }
 
+    fn max_memory(&self, bytes: &str) {
+        let mut conn = self.redis.conn();
+        for (k, v) in [("maxmemory-policy", "noeviction"), ("maxmemory", bytes)] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(k)
+                .arg(v)
+                .query(&mut conn)
+                .unwrap();
+        }
+    }
+
     fn store_fault(&mut self) {
         let next = match self.store_health {
             Health::Up if self.rng.chance(50) => Health::Down,
@@ -532,10 +620,10 @@ impl World {
         match (&self.pg, next) {
             (Some((_, proxy)), Health::Down) => proxy.cut(),
             (Some((_, proxy)), Health::Hung) => proxy.blackhole(),
-            (Some((_, proxy)), Health::Up) => proxy.restore(),
+            (Some((_, proxy)), _) => proxy.restore(),
             (None, Health::Down) => self.set_gates(|g| g.set_failing(true)),
             (None, Health::Hung) => self.set_gates(|g| g.hold()),
-            (None, Health::Up) => self.set_gates(|g| {
+            (None, _) => self.set_gates(|g| {
                 g.set_failing(false);
                 g.release();
             }),
@@ -592,10 +680,11 @@ impl World {
     /// Heals every fault, lets pending invalidations land, shuts every
     /// instance down, then checks the counts.
     async fn finish(mut self) {
-        if self.redis_health == Health::Hung {
-            self.redis.resume();
-        } else if self.redis_health == Health::Down {
-            self.redis.restart();
+        match self.redis_health {
+            Health::Hung => self.redis.resume(),
+            Health::Down => self.redis.restart(),
+            Health::ReadOnly => self.max_memory("0"),
+            Health::Up => {}
         }
         if self.store_health != Health::Up {
             self.store_health = Health::Hung; // anything but Up: restore

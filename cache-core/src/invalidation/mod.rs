@@ -4,8 +4,9 @@
 //!
 //! 1. At once, before its first await: this instance *holds* what the call
 //!    covers (`guard.rs`: Redis's answers for it are not trusted) and drops
-//!    it from L1 (generation bump, then removal; see `cache.rs` for the
-//!    refill race). From here on this instance refuses the key.
+//!    it from L1 (a generation bump and the removal, with no fill in
+//!    progress; see `cache.rs` for the refill race). From here on this
+//!    instance refuses the key.
 //! 2. In a task of its own (`delivery.rs`), so that dropping the caller's
 //!    future cannot stop it: tombstones in Redis that block refills, then
 //!    the pub/sub event. Receivers drop their L1 entry and reload; by then
@@ -143,24 +144,22 @@ impl ApiKeyCache {
 
     /// Drops `hash` from this instance's L1 only.
     pub(crate) fn invalidate_local(&self, hash: &KeyHash, source: &'static str) {
-        let inner = &*self.inner;
-        // Bump first, remove second: see the refill race in `cache.rs`.
-        inner.generation.fetch_add(1, Ordering::SeqCst);
-        inner.flights.forget(hash);
-        inner.l1.remove(hash);
+        self.invalidating(|l1| {
+            self.inner.flights.forget(hash);
+            l1.remove(hash);
+        });
         self.count_invalidation(source);
     }
 
     /// Drops every L1 entry of `owner` on this instance.
     pub(crate) fn invalidate_owner_local(&self, owner: &str, source: &'static str) {
-        let inner = &*self.inner;
-        inner.generation.fetch_add(1, Ordering::SeqCst);
-        // Loads in flight do not know their owner until they finish; detach
-        // them all (the generation bump keeps their results out of L1).
-        inner.flights.forget_all();
-        let dropped = inner
-            .l1
-            .remove_if(|entry| entry.record().is_some_and(|r| r.owner == owner));
+        let dropped = self.invalidating(|l1| {
+            // Loads in flight do not know their owner until they finish;
+            // detach them all (the generation bump keeps their results out
+            // of L1).
+            self.inner.flights.forget_all();
+            l1.remove_if(|entry| entry.record().is_some_and(|r| r.owner == owner))
+        });
         tracing::info!(owner, dropped, source, "owner invalidated");
         self.count_invalidation(source);
     }
@@ -168,21 +167,19 @@ impl ApiKeyCache {
     /// Drops every L1 entry of key `id` on this instance (a scan: the hash
     /// is not known yet).
     pub(crate) fn invalidate_id_local(&self, id: &KeyId, source: &'static str) {
-        let inner = &*self.inner;
-        inner.generation.fetch_add(1, Ordering::SeqCst);
-        inner.flights.forget_all();
-        inner
-            .l1
-            .remove_if(|entry| entry.record().is_some_and(|r| r.id == *id));
+        self.invalidating(|l1| {
+            self.inner.flights.forget_all();
+            l1.remove_if(|entry| entry.record().is_some_and(|r| r.id == *id));
+        });
         self.count_invalidation(source);
     }
 
     /// Empties this instance's L1.
     pub(crate) fn clear_local(&self) {
-        let inner = &*self.inner;
-        inner.generation.fetch_add(1, Ordering::SeqCst);
-        inner.flights.forget_all();
-        inner.l1.clear();
+        self.invalidating(|l1| {
+            self.inner.flights.forget_all();
+            l1.clear();
+        });
     }
 
     /// The subscriber (re)connected: events may have been missed.
