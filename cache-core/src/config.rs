@@ -582,8 +582,10 @@ mod tests {
         assert_eq!(c.load_budget(), Duration::from_millis(2200));
         assert!(CacheConfig::from_vars([("APIKEY_CACHE_TOMBSTONE_TTL", "1s")]).is_err());
         // Assembled field by field: checked when the cache is built.
-        let mut raw = CacheConfig::default();
-        raw.l2_ttl = Duration::MAX;
+        let raw = CacheConfig {
+            l2_ttl: Duration::MAX,
+            ..CacheConfig::default()
+        };
         assert!(raw.clone().validate().is_err());
         let store = std::sync::Arc::new(crate::MemoryStore::new());
         assert!(matches!(
