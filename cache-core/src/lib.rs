@@ -35,20 +35,25 @@
 //! * `extract.rs`: finding the key in request headers; early rejections.
 //! * `hash.rs`: [`KeyHash`], [`KeyHasher`] (SHA-256 / HMAC), [`generate_api_key`].
 //! * `record.rs`, `scope.rs`: [`KeyRecord`] and its [`Scopes`].
-//! * `store/`: the [`KeyStore`] trait, [`KeyAdmin`], and the SQLite,
-//!   PostgreSQL and in-memory stores.
+//! * `store/`: the [`KeyStore`] trait, [`KeyAdmin`], the in-memory store,
+//!   and the SQL stores: one implementation (`store/sql/`) with a dialect
+//!   each for SQLite and PostgreSQL.
 //! * `cache.rs`: [`ApiKeyCache`], its builder, the load path (single flight,
 //!   L2, store) and the argument that closes the refill race.
 //! * `verify.rs`: the request path, [`Verify`] and the sync/owned halves for
 //!   web adapters.
 //! * `l1.rs`, `l2.rs`, `codec.rs`, `breaker.rs`, `flight.rs`: the tiers, the
 //!   Redis value format, the Redis circuit breaker, single flight.
-//! * `invalidation.rs`, `events.rs`: invalidating keys and owners on every
-//!   instance; the pub/sub subscriber and its resync.
+//! * `invalidation/`: invalidating keys, key ids and owners on every
+//!   instance (`mod.rs`), delivering it to Redis whatever happens to the
+//!   caller (`delivery.rs`), and what this instance distrusts in Redis
+//!   meanwhile (`guard.rs`). `events.rs`: the pub/sub subscriber and its
+//!   resync.
 //! * `mode.rs`: normal and emergency `database_only` mode, per instance or
 //!   fleet-wide.
-//! * `usage.rs`, `limits.rs`: usage counters and their exactly-once flushes;
-//!   GCRA rate limits and monthly quotas.
+//! * `usage/`: usage counters (`mod.rs`), the month each count belongs to
+//!   (`months.rs`), their exactly-once flushes to the store and Redis
+//!   (`flush.rs`). `limits.rs`: GCRA rate limits and monthly quotas.
 //! * `health.rs`, `telemetry.rs`, `stats.rs`: the `/health/cache` report,
 //!   Prometheus metrics through the `metrics` facade, counters.
 //! * `outcome.rs`: [`Outcome`] and its HTTP rendering ([`Rejection`]), shared by
@@ -57,8 +62,18 @@
 //!
 //! # Choices where the design was silent
 //!
-//! * A record whose `expires_at` has already passed is not cached in any
-//!   tier (no entry outlives `expires_at`); each such request asks the store.
+//! * A key whose `expires_at` has passed is cached as "expired" for
+//!   `negative_ttl` in both tiers (a leaked expired key costs the store one
+//!   query per negative TTL); no entry serves a key as valid past
+//!   `expires_at`, which is judged at request time.
+//! * An invalidation answers for this instance at once, before its future
+//!   is first polled, and its Redis part runs in a task of its own: the
+//!   returned future only reports how that went. `invalidate_key_id` and
+//!   `invalidate_owner` scan L1 (milliseconds for 100k entries).
+//! * Usage counts go to the calendar month (UTC, by the cache's clock) in
+//!   which the request was served: one clock read per counted request.
+//! * The Redis usage script starts with `#!lua` so that Redis refuses it as
+//!   a whole when out of memory: Redis 7.0 or later.
 //! * An `Authorization` header with a scheme other than `Bearer` is skipped
 //!   as a key source; if no other source has a key, the request is
 //!   `invalid_api_key` (not `missing_api_key`).
