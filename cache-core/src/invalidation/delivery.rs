@@ -27,7 +27,10 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 pub(super) enum Job {
     Keys(Vec<KeyHash>),
     KeyId(KeyId),
-    Owner(String),
+    /// An owner, and when its event last went out without tombstones (the
+    /// store could not list the keys): repeated while the listing fails,
+    /// often enough to keep the other instances' holds alive.
+    Owner(String, Option<tokio::time::Instant>),
 }
 
 impl Job {
@@ -35,7 +38,7 @@ impl Job {
         match self {
             Self::Keys(hashes) => hashes.iter().map(|h| Target::Hash(*h)).collect(),
             Self::KeyId(id) => vec![Target::Id(id.clone())],
-            Self::Owner(o) => vec![Target::Owner(o.clone())],
+            Self::Owner(o, _) => vec![Target::Owner(o.clone())],
         }
     }
 }
@@ -102,12 +105,13 @@ impl ApiKeyCache {
                 }
             }
             Job::KeyId(id) => self.invalidate_id_local(id, "local"),
-            Job::Owner(owner) => self.invalidate_owner_local(owner, "local"),
+            Job::Owner(owner, _) => self.invalidate_owner_local(owner, "local"),
         }
         let task = remote.then(|| {
             let this = self.clone();
             tokio::spawn(async move {
-                let result = this.deliver(&job).await;
+                let mut job = job;
+                let result = this.deliver(&mut job).await;
                 match result {
                     Ok(()) => this.landed(&job),
                     Err(ref e) => {
@@ -131,7 +135,7 @@ impl ApiKeyCache {
     }
 
     /// The Redis part of `job`.
-    async fn deliver(&self, job: &Job) -> Result<(), InvalidateError> {
+    async fn deliver(&self, job: &mut Job) -> Result<(), InvalidateError> {
         let inner = &*self.inner;
         let budget = inner.config.store_timeout;
         match job {
@@ -148,7 +152,7 @@ impl ApiKeyCache {
                     None => Ok(()),
                 }
             }
-            Job::Owner(owner) => {
+            Job::Owner(owner, announced) => {
                 let listed = tokio::time::timeout(budget, inner.store.list_by_owner(owner))
                     .await
                     .map_err(|_| StoreError::Timeout)
@@ -161,9 +165,16 @@ impl ApiKeyCache {
                     Err(e) => {
                         // Without the list there is nothing to tombstone,
                         // but every instance can still drop the owner's L1
-                        // entries and distrust Redis's copies of them; the
-                        // retry repeats the event until the list is known.
-                        let _ = self.publish(Action::Owner { o: owner.clone() }).await;
+                        // entries and distrust Redis's copies of them for
+                        // a tombstone's lifetime; retries repeat the event
+                        // within that lifetime until the list is known.
+                        let now = tokio::time::Instant::now();
+                        let every = inner.config.tombstone_ttl / 2;
+                        if announced.is_none_or(|at| now >= at + every)
+                            && self.publish(Action::Owner { o: owner.clone() }).await.is_ok()
+                        {
+                            *announced = Some(now);
+                        }
                         Err(e.into())
                     }
                 }
@@ -222,8 +233,8 @@ impl ApiKeyCache {
     /// Delivers queued invalidations as soon as Redis (and, for key ids and
     /// owners, the store) takes them again.
     pub(crate) async fn retry_invalidations(&self) {
-        for job in self.inner.invalidations.take_queued() {
-            match self.deliver(&job).await {
+        for mut job in self.inner.invalidations.take_queued() {
+            match self.deliver(&mut job).await {
                 Ok(()) => self.landed(&job),
                 Err(_) => self.inner.invalidations.queue(job),
             }

@@ -132,7 +132,7 @@ impl ApiKeyCache {
         &self,
         owner: &str,
     ) -> impl std::future::Future<Output = Result<(), InvalidateError>> + Send + 'static {
-        self.start(Job::Owner(owner.to_owned()))
+        self.start(Job::Owner(owner.to_owned(), None))
     }
 
     /// Invalidations started on this instance whose Redis part has not
