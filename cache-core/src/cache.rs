@@ -115,6 +115,9 @@ pub(crate) struct Inner {
     pub(crate) health_probes: AtomicU64,
     pub(crate) usage: Usage,
     pub(crate) limiter: Limiter,
+    /// The runtime the cache was built in, for tasks started where no
+    /// runtime is current.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
     /// Set by `shutdown`: the flusher stops, the final flush runs once.
     pub(crate) shutting_down: AtomicBool,
     /// Invalidations under way on this instance, and what they hold.
@@ -214,6 +217,7 @@ impl ApiKeyCacheBuilder {
                 usage: Usage::new(),
                 limiter: Limiter::new(),
                 shutting_down: AtomicBool::new(false),
+                runtime: tokio::runtime::Handle::try_current().ok(),
                 invalidations: Default::default(),
             }),
         };
@@ -305,7 +309,9 @@ impl ApiKeyCache {
     pub(crate) async fn load(&self, hash: KeyHash) -> Loaded {
         let inner = &*self.inner;
         let patience = inner.config.load_budget() + WAIT_SLACK;
-        loop {
+        // A load task that ends without an answer (a panic) is taken over,
+        // but not forever.
+        for _ in 0..3 {
             let rx = match inner.flights.join(hash) {
                 Role::Leader(leader) => {
                     // A flight that filled L1 may have ended between our L1
@@ -317,13 +323,18 @@ impl ApiKeyCache {
                     let rx = leader.subscribe();
                     let generation = inner.generation.load(Ordering::SeqCst);
                     let this = self.clone();
-                    tokio::spawn(async move {
+                    let load = async move {
                         let started = Instant::now();
                         let loaded = this.lead(hash, generation).await;
                         metrics::histogram!("apikey_cache_lookup_duration_seconds")
                             .record(started.elapsed().as_secs_f64());
                         leader.finish(loaded);
-                    });
+                    };
+                    if self.spawn(load).is_none() {
+                        // Reached only outside any runtime (no Redis): there
+                        // is nowhere else to run the load.
+                        return self.lead(hash, generation).await;
+                    }
                     rx
                 }
                 Role::Follower(rx) => rx,
@@ -334,6 +345,20 @@ impl ApiKeyCache {
                 // The load task ended without an answer: take over.
                 Waited::Abandoned => {}
             }
+        }
+        Err(())
+    }
+
+    /// Runs `task` on the current runtime, else on the one the cache was
+    /// built in; `None` when there is neither.
+    pub(crate) fn spawn<F>(&self, task: F) -> Option<tokio::task::JoinHandle<F::Output>>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match tokio::runtime::Handle::try_current() {
+            Ok(current) => Some(current.spawn(task)),
+            Err(_) => self.inner.runtime.as_ref().map(|rt| rt.spawn(task)),
         }
     }
 

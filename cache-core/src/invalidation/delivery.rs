@@ -109,7 +109,8 @@ impl ApiKeyCache {
         }
         let task = remote.then(|| {
             let this = self.clone();
-            tokio::spawn(async move {
+            let job_copy = job.clone();
+            let spawned = self.spawn(async move {
                 let mut job = job;
                 let result = this.deliver(&mut job).await;
                 match result {
@@ -120,12 +121,21 @@ impl ApiKeyCache {
                     }
                 }
                 result
-            })
+            });
+            if spawned.is_none() {
+                // No runtime to run it in (impossible with Redis, which
+                // needs one to be built): leave it to the retrier.
+                self.inner.invalidations.queue(job_copy);
+            }
+            spawned
         });
         async move {
             match task {
                 None => Ok(()),
-                Some(task) => task.await.unwrap_or_else(|e| {
+                Some(None) => Err(InvalidateError::Redis(
+                    "no Tokio runtime to deliver it".into(),
+                )),
+                Some(Some(task)) => task.await.unwrap_or_else(|e| {
                     Err(InvalidateError::Redis(format!(
                         "invalidation task ended: {e}"
                     )))
@@ -171,7 +181,10 @@ impl ApiKeyCache {
                         let now = tokio::time::Instant::now();
                         let every = inner.config.tombstone_ttl / 2;
                         if announced.is_none_or(|at| now >= at + every)
-                            && self.publish(Action::Owner { o: owner.clone() }).await.is_ok()
+                            && self
+                                .publish(Action::Owner { o: owner.clone() })
+                                .await
+                                .is_ok()
                         {
                             *announced = Some(now);
                         }
