@@ -824,8 +824,9 @@ async fn postgres() {
     run(Backend::Postgres, 3).await;
 }
 
-/// A longer run by hand: `cargo nextest run -p apikey-cache --test
-/// fault_schedule --run-ignored only` (`FAULT_SCHEDULES`, `FAULT_OPS`).
+/// A longer run by hand, outside nextest's time limit:
+/// `FAULT_SCHEDULES=20 cargo test -p apikey-cache --test fault_schedule --
+/// --ignored soak --nocapture` (`FAULT_OPS` too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a soak, run by hand"]
 async fn soak() {
