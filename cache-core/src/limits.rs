@@ -208,9 +208,10 @@ fn next_month(now: OffsetDateTime) -> OffsetDateTime {
         Month::December => (now.year() + 1, Month::January),
         m => (now.year(), m.next()),
     };
-    time::Date::from_calendar_date(y, m, 1)
-        .map(|d| d.midnight().assume_utc())
-        .unwrap_or(now + Duration::from_secs(31 * 86_400))
+    // Only December 9999 has no next month: the end of time, not a panic.
+    time::Date::from_calendar_date(y, m, 1).map_or(time::PrimitiveDateTime::MAX.assume_utc(), |d| {
+        d.midnight().assume_utc()
+    })
 }
 
 pub(crate) fn month_tag(now: OffsetDateTime) -> String {
@@ -580,6 +581,14 @@ mod tests {
         assert_eq!(
             next_month(datetime!(2030-12-15 10:00 UTC)),
             datetime!(2031-01-01 0:00 UTC)
+        );
+        assert_eq!(
+            next_month(datetime!(2030-02-28 23:59 +1)),
+            datetime!(2030-03-01 0:00 UTC)
+        );
+        assert_eq!(
+            next_month(datetime!(9999-12-15 10:00 UTC)),
+            datetime!(9999-12-31 23:59:59.999_999_999 UTC)
         );
         assert_eq!(month_tag(datetime!(2030-03-01 0:00 UTC)), "2030-03");
     }
