@@ -85,6 +85,12 @@
 //! * While Redis is unavailable, rate limits are enforced per instance and
 //!   quotas count this instance's requests only (see `limits.rs` for why
 //!   failing open on quotas beats refusing all limited traffic).
+//! * Limits are never "unlimited" by accident: `monthly_quota: Some(0)` means
+//!   zero (every request answers `quota_exceeded`; `None` is unlimited), and
+//!   a rate limit of 0 requests refuses every request. Rate limits are exact
+//!   for any `N` per period (`limits.rs`); `create_key` refuses one that
+//!   cannot be ([`RateLimit::try_new`]: a period of whole seconds, as stores
+//!   keep it, and `N × period in ms ≤ 2^53`).
 //! * A subscriber that (re)subscribes clears L1, including on its first
 //!   subscription: loads that ran before it listened may have missed events.
 //!
@@ -139,7 +145,7 @@ pub use health::{
 pub use invalidation::InvalidateError;
 pub use limits::RateLimitInfo;
 pub use outcome::{Outcome, Rejection, VerifiedKey};
-pub use record::{KeyId, KeyRecord, KeyStatus, RateLimit, UnknownStatus};
+pub use record::{KeyId, KeyRecord, KeyStatus, RateLimit, RateLimitError, UnknownStatus};
 pub use scope::{RequiredScopes, Scopes};
 pub use stats::CacheStats;
 #[cfg(feature = "postgres")]

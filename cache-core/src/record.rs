@@ -112,12 +112,26 @@ impl FromStr for KeyStatus {
 
 /// A per-key request rate: `requests` per `per`.
 ///
+/// Enforced exactly (GCRA, see `limits.rs`): a burst of `requests` at once,
+/// then the `k`-th further request at the first whole millisecond at or after
+/// `k × per / requests`, so no rounding of the emission interval lets more
+/// through over a period. [`RateLimit::try_new`] refuses what cannot be
+/// enforced exactly; [`RateLimit::new`] does not check, and a record that
+/// reaches the limiter with such a limit is clamped towards stricter (see
+/// [`RateLimitError`]).
+///
+/// The period is kept in whole seconds by the SQL stores and in the shared
+/// cache's copy of a record (`per_seconds`), so `try_new` wants whole
+/// seconds: a finer period would be truncated on its way through them.
+///
 /// ```
 /// use std::time::Duration;
 /// use apikey_cache::RateLimit;
 ///
-/// let limit = RateLimit::new(100, Duration::from_secs(60));
-/// assert_eq!(limit.per_seconds(), 60);
+/// let limit = RateLimit::try_new(700, Duration::from_secs(1)).unwrap();
+/// assert_eq!(limit.per_seconds(), 1);
+/// assert!(RateLimit::try_new(0, Duration::from_secs(1)).is_err());
+/// assert!(RateLimit::try_new(1, Duration::from_millis(1500)).is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
@@ -128,10 +142,75 @@ pub struct RateLimit {
     pub per: Duration,
 }
 
+/// Why a [`RateLimit`] cannot be enforced exactly.
+///
+/// The limiter counts time in whole milliseconds and keeps its state scaled
+/// by `requests`, in numbers that Redis's Lua (doubles) holds exactly only up
+/// to 2^53; stores and the shared cache keep the period in whole seconds.
+/// A limit that still reaches the limiter (built with
+/// [`RateLimit::new`], or read from a store) is clamped rather than refused:
+/// zero requests refuse every request; the period is rounded up to whole
+/// milliseconds (at least 1) and capped at 2^53 ms; then `requests` is
+/// lowered until `requests × period_ms ≤ 2^53`. Every clamp is stricter than
+/// the limit asked for, never looser.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateLimitError {
+    /// Zero requests per period: a key that could never be used.
+    #[error("a rate limit must allow at least 1 request")]
+    ZeroRequests,
+    /// The period is not a whole number of seconds, at least 1: stores and
+    /// the shared cache would truncate it.
+    #[error("the rate limit period must be a whole number of seconds, at least 1 (got {0:?})")]
+    Period(Duration),
+    /// `requests × period in ms` exceeds 2^53.
+    #[error(
+        "{requests} requests per {period_ms} ms cannot be enforced exactly: \
+         requests x period in ms must be at most 2^53"
+    )]
+    TooLarge {
+        /// Requests per period.
+        requests: u32,
+        /// The period, in ms.
+        period_ms: u128,
+    },
+}
+
 impl RateLimit {
-    /// `requests` per `per`.
+    /// The largest `requests × period in ms` enforced exactly: 2^53, the
+    /// largest integer below which every integer is a Lua (double) number.
+    pub const MAX_REQUESTS_TIMES_MS: u64 = 1 << 53;
+
+    /// `requests` per `per`, unchecked (see [`RateLimit::try_new`]).
     pub const fn new(requests: u32, per: Duration) -> Self {
         Self { requests, per }
+    }
+
+    /// `requests` per `per`, if that can be enforced exactly: at least one
+    /// request, a period of whole seconds (at least 1), and
+    /// `requests × period in ms ≤ 2^53` (e.g. up to 100 million per day, or
+    /// `u32::MAX` per 2097 s).
+    pub fn try_new(requests: u32, per: Duration) -> Result<Self, RateLimitError> {
+        let limit = Self::new(requests, per);
+        limit.validate().map(|()| limit)
+    }
+
+    /// Whether this limit can be enforced exactly (see [`RateLimit::try_new`]).
+    pub fn validate(&self) -> Result<(), RateLimitError> {
+        if self.requests == 0 {
+            return Err(RateLimitError::ZeroRequests);
+        }
+        if self.per.as_secs() == 0 || self.per.subsec_nanos() != 0 {
+            return Err(RateLimitError::Period(self.per));
+        }
+        let period_ms = self.per.as_millis();
+        if period_ms * u128::from(self.requests) > u128::from(Self::MAX_REQUESTS_TIMES_MS) {
+            return Err(RateLimitError::TooLarge {
+                requests: self.requests,
+                period_ms,
+            });
+        }
+        Ok(())
     }
 
     /// The window in whole seconds.
@@ -176,7 +255,9 @@ pub struct KeyRecord {
     pub expires_at: Option<OffsetDateTime>,
     /// Optional per-key rate limit.
     pub rate_limit: Option<RateLimit>,
-    /// Optional requests per calendar month (UTC).
+    /// Optional requests per calendar month (UTC). `Some(0)` means zero:
+    /// every request is refused as `quota_exceeded` (it never means
+    /// unlimited; `None` does).
     pub monthly_quota: Option<u64>,
     /// When the key was created.
     #[serde(with = "time::serde::rfc3339")]

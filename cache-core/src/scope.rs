@@ -233,6 +233,34 @@ mod tests {
     }
 
     #[test]
+    fn scopes_compare_and_print_as_their_list() {
+        let s = Scopes::new(["a", "b:*"]);
+        assert_eq!(s, Scopes::new(["a", "b:*"]));
+        assert_ne!(s, Scopes::new(["b:*", "a"]), "order is kept");
+        assert_ne!(s, Scopes::new(["a"]));
+        assert_eq!(s.as_slice(), ["a", "b:*"]);
+        assert_eq!(format!("{s:?}"), r#"["a", "b:*"]"#);
+    }
+
+    #[test]
+    fn required_scopes_identity_equality_and_debug() {
+        let a = RequiredScopes::new(["a"]);
+        let again = RequiredScopes::new(["a"]);
+        let b = RequiredScopes::new(["b"]);
+        assert_eq!(RequiredScopes::none().id(), 0);
+        assert_eq!(RequiredScopes::new(Vec::<String>::new()).id(), 0);
+        assert_ne!(a.id(), 0);
+        assert_ne!(a.id(), b.id(), "each set is its own");
+        assert_eq!(a.clone().id(), a.id(), "clones share it");
+        assert_eq!(a, again, "equal by content, whatever the identity");
+        assert_ne!(a, b);
+        assert!(RequiredScopes::none().is_empty());
+        assert!(!a.is_empty());
+        assert_eq!(a.iter().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(format!("{a:?}"), r#"RequiredScopes(["a"])"#);
+    }
+
+    #[test]
     fn serde_round_trip_rebuilds_index() {
         let s = Scopes::new(["a", "b:*"]);
         let json = serde_json::to_string(&s).unwrap();

@@ -362,24 +362,26 @@ async fn create_and_find(b: &Backend) {
         assert_corrupt(huge);
         assert_eq!(s.list_by_owner("acme").await.unwrap().len(), 2);
 
-        // Sub-second rate-limit windows are kept in whole seconds, and the
-        // returned record says so.
+        // Rate-limit windows are kept in whole seconds: a sub-second one is
+        // refused before anything is written (truncated, 5 per 2.5 s would
+        // have become a looser 5 per 2 s).
         let odd = s
             .create_key(
                 &h,
                 NewKey::new("odd", ["x"])
                     .rate_limit(RateLimit::new(5, Duration::from_millis(2500))),
             )
-            .await
-            .unwrap();
-        assert_eq!(
-            odd.record.rate_limit,
-            Some(RateLimit::new(5, Duration::from_secs(2)))
+            .await;
+        assert!(
+            matches!(
+                odd,
+                Err(StoreError::InvalidRateLimit(
+                    apikey_cache::RateLimitError::Period(_)
+                ))
+            ),
+            "{odd:?}"
         );
-        assert_eq!(
-            s.find_by_id(&odd.record.id).await.unwrap(),
-            Some(odd.record)
-        );
+        assert!(s.list_by_owner("odd").await.unwrap().is_empty());
     }
 }
 

@@ -26,9 +26,11 @@ pub struct NewKey {
     pub scopes: Vec<String>,
     /// Optional expiry.
     pub expires_at: Option<OffsetDateTime>,
-    /// Optional rate limit.
+    /// Optional rate limit; `create_key` refuses one that cannot be
+    /// enforced exactly ([`RateLimit::validate`]).
     pub rate_limit: Option<RateLimit>,
-    /// Optional monthly quota.
+    /// Optional monthly quota. `Some(0)` means zero (every request answers
+    /// `quota_exceeded`), never unlimited.
     pub monthly_quota: Option<u64>,
 }
 
@@ -60,7 +62,7 @@ impl NewKey {
         self
     }
 
-    /// Sets the monthly quota.
+    /// Sets the monthly quota (0 means zero, not unlimited).
     pub fn monthly_quota(mut self, quota: u64) -> Self {
         self.monthly_quota = Some(quota);
         self
@@ -69,12 +71,16 @@ impl NewKey {
 
 impl NewKey {
     /// Generates the key and builds its record, created at `now`: what every
-    /// store's `create_key` does before writing.
+    /// store's `create_key` does before writing. Refuses a rate limit that
+    /// cannot be enforced exactly, before anything is written.
     pub(crate) fn issue(
         self,
         hasher: &crate::KeyHasher,
         now: OffsetDateTime,
     ) -> Result<CreatedKey, StoreError> {
+        if let Some(limit) = &self.rate_limit {
+            limit.validate()?;
+        }
         let plaintext = crate::generate_api_key()?;
         let mut record = KeyRecord::new(
             KeyId::generate(),

@@ -66,6 +66,10 @@ pub enum StoreError {
     /// The key generator failed.
     #[error(transparent)]
     KeyGen(#[from] crate::KeyGenError),
+    /// A new key's rate limit cannot be enforced exactly; nothing was
+    /// written.
+    #[error("invalid rate limit: {0}")]
+    InvalidRateLimit(#[from] crate::RateLimitError),
 }
 
 impl StoreError {

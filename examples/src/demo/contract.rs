@@ -72,8 +72,13 @@ impl ApiError {
     }
 
     /// 503 `store_unavailable`: the key store failed; nothing was changed
-    /// that the caller can see, retry later.
+    /// that the caller can see, retry later. A rate limit the store refused
+    /// (e.g. copied from an old key by a rotation) is a 400
+    /// `invalid_request` instead: retrying would not help.
     pub fn store(e: &apikey_cache::StoreError) -> Self {
+        if let apikey_cache::StoreError::InvalidRateLimit(e) = e {
+            return Self::invalid(format!("rate_limit: {e}"));
+        }
         tracing::error!(error = %e, "key store operation failed");
         Self::new(
             503,
@@ -165,7 +170,10 @@ pub struct CreateKeyRequest {
     /// Optional rate limit.
     #[serde(default)]
     pub rate_limit: Option<RateLimitBody>,
-    /// Optional requests per calendar month (UTC).
+    /// Optional requests per calendar month (UTC), at least 1: a key with a
+    /// quota of 0 could never be used, so the demo refuses it as a mistake
+    /// (the core would store it and refuse every request as
+    /// `quota_exceeded`).
     #[serde(default)]
     pub monthly_quota: Option<u64>,
 }
@@ -183,6 +191,11 @@ impl CreateKeyRequest {
             new = new.rate_limit(limit.into_rate_limit()?);
         }
         if let Some(quota) = self.monthly_quota {
+            if quota == 0 {
+                return Err(ApiError::invalid(
+                    "monthly_quota must be at least 1 (a key with a quota of 0 could never be used)",
+                ));
+            }
             if i64::try_from(quota).is_err() {
                 return Err(ApiError::invalid("monthly_quota is too large"));
             }
@@ -193,7 +206,8 @@ impl CreateKeyRequest {
 }
 
 impl RateLimitBody {
-    /// Checks the bounds and builds the core's [`RateLimit`].
+    /// Checks the bounds and builds the core's [`RateLimit`], refusing one
+    /// the core cannot enforce exactly ([`RateLimit::try_new`]).
     pub fn into_rate_limit(self) -> Result<RateLimit, ApiError> {
         if self.requests == 0 {
             return Err(ApiError::invalid("rate_limit.requests must be at least 1"));
@@ -203,10 +217,8 @@ impl RateLimitBody {
                 "rate_limit.per_seconds must be between 1 and {MAX_RATE_WINDOW_SECS}"
             )));
         }
-        Ok(RateLimit::new(
-            self.requests,
-            Duration::from_secs(self.per_seconds),
-        ))
+        RateLimit::try_new(self.requests, Duration::from_secs(self.per_seconds))
+            .map_err(|e| ApiError::invalid(format!("rate_limit: {e}")))
     }
 }
 
@@ -431,11 +443,35 @@ mod tests {
             r#"{"owner":"acme","scopes":[],"rate_limit":{"requests":1,"per_seconds":0}}"#,
             r#"{"owner":"acme","scopes":[],"monthly_quota":-1}"#,
             r#"{"owner":"acme","scopes":[],"monthly_quota":18446744073709551615}"#,
+            r#"{"owner":"acme","scopes":[],"monthly_quota":0}"#,
+            // 2^32 - 1 per 366 days is more than the core enforces exactly.
+            r#"{"owner":"acme","scopes":[],"rate_limit":{"requests":4294967295,"per_seconds":31622400}}"#,
         ] {
             let err = create(bad).unwrap_err();
             assert_eq!(err.status(), 400, "{bad}");
             assert_eq!(err.body()["error"], "invalid_request");
         }
+    }
+
+    #[test]
+    fn quota_zero_and_inexact_limits_say_why() {
+        let err = create(r#"{"owner":"acme","scopes":[],"monthly_quota":0}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("monthly_quota must be at least 1"),
+            "{err}"
+        );
+        let err = create(
+            r#"{"owner":"acme","scopes":[],"rate_limit":{"requests":4294967295,"per_seconds":2098}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("at most 2^53"), "{err}");
+        assert!(create(
+            r#"{"owner":"acme","scopes":[],"rate_limit":{"requests":4294967295,"per_seconds":2097}}"#
+        )
+        .is_ok());
+        let refused =
+            apikey_cache::StoreError::InvalidRateLimit(apikey_cache::RateLimitError::ZeroRequests);
+        assert_eq!(ApiError::store(&refused).status(), 400);
     }
 
     #[test]
