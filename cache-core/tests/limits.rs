@@ -34,7 +34,11 @@ impl Fleet {
         let clock = Arc::new(ManualClock::new(T0));
         let mut caches = Vec::new();
         for _ in 0..if redis.is_some() { 2 } else { 1 } {
-            let mut config = CacheConfig::builder();
+            // Generous timeouts: one Redis call timing out on a loaded CI
+            // machine would fall back to the per-instance limiter.
+            let mut config = CacheConfig::builder()
+                .redis_timeout(Duration::from_secs(1))
+                .redis_connect_timeout(Duration::from_secs(1));
             if let Some(redis) = redis {
                 config = config.redis_url(redis.url());
             }
