@@ -23,9 +23,10 @@
 //! 1. The key is extracted and checked (length, bytes), then hashed.
 //! 2. In `database_only` mode the store is asked directly, every time.
 //! 3. Otherwise L1 answers if it holds the hash (found or known-unknown).
-//! 4. On an L1 miss, one caller per hash (single flight) reads L2, then the
-//!    store; the result fills L2 (`SET NX`) and L1. Concurrent callers wait
-//!    for that result.
+//! 4. On an L1 miss, one load per hash (single flight), run as a task of
+//!    its own, reads L2, then the store; the result fills L2 (`SET NX`,
+//!    within the tombstone window) and L1. Every caller waits for that
+//!    result, each at most the load budget; none of them owns the load.
 //! 5. The record is judged at request time: status, `expires_at` against the
 //!    clock, scopes. A cached record is never trusted past its expiry.
 //!
