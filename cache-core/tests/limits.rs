@@ -34,11 +34,14 @@ impl Fleet {
         let clock = Arc::new(ManualClock::new(T0));
         let mut caches = Vec::new();
         for _ in 0..if redis.is_some() { 2 } else { 1 } {
-            // Generous timeouts: one Redis call timing out on a loaded CI
-            // machine would fall back to the per-instance limiter.
+            // Generous timeouts and breaker: thousands of decisions go to
+            // Redis, and one call timing out on a loaded CI machine would
+            // fall back to the per-instance limiter (and fail the test).
             let mut config = CacheConfig::builder()
-                .redis_timeout(Duration::from_secs(1))
-                .redis_connect_timeout(Duration::from_secs(1));
+                .redis_timeout(Duration::from_secs(3))
+                .redis_connect_timeout(Duration::from_secs(3))
+                .tombstone_ttl(Duration::from_secs(30))
+                .breaker_threshold(1000);
             if let Some(redis) = redis {
                 config = config.redis_url(redis.url());
             }
@@ -92,7 +95,10 @@ impl Fleet {
     async fn refused(&mut self, key: &str, what: &str) -> RateLimitInfo {
         match self.verify(key).await {
             Outcome::RateLimited(info) => info,
-            other => panic!("{what}: expected rate_limited, got {other:?}"),
+            other => {
+                let errors: Vec<u64> = self.caches.iter().map(|c| c.stats().l2_errors).collect();
+                panic!("{what}: expected rate_limited, got {other:?} (Redis errors per instance: {errors:?})")
+            }
         }
     }
 }
