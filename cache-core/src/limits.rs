@@ -126,7 +126,11 @@ if n > 0 then
   end
   debt = debt + p
   redis.call('HSET', KEYS[1], 'debt', debt, 'at', at)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(debt / n) + at - now)
+  -- Until drained, plus a period: the debt is judged by the instances'
+  -- clocks but expires by Redis's, and a key that outlives its debt is
+  -- harmless (the next request drains it), while one that expires early
+  -- would hand out a fresh burst.
+  redis.call('PEXPIRE', KEYS[1], math.ceil(debt / n) + at - now + p)
 end
 if quota >= 0 then
   local used = redis.call('INCR', KEYS[2])

@@ -204,7 +204,7 @@ async fn exact_limits_in_the_local_fallback() {
 }
 
 /// The Redis key holds the debt (scaled by `N`) and its time, and expires
-/// when the debt has drained.
+/// a period after the debt has drained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_state_is_the_scaled_debt() {
     let redis = RedisServer::start();
@@ -224,7 +224,12 @@ async fn redis_state_is_the_scaled_debt() {
     assert_eq!(debt, 700 * 1000);
     assert_eq!(at, (T0.unix_timestamp_nanos() / 1_000_000) as i64);
     let ttl: i64 = redis::cmd("PTTL").arg(&name).query(&mut conn).unwrap();
-    assert!((900..=1000).contains(&ttl), "expires once drained: {ttl}");
+    // Drained after 1000 ms by the cache's clock; kept one period longer
+    // so that Redis's clock running ahead cannot drop the debt early.
+    assert!(
+        (1900..=2000).contains(&ttl),
+        "expires a period after drained: {ttl}"
+    );
 }
 
 /// Near 2^53 the numbers in Redis's Lua (doubles) must stay exact.
