@@ -172,10 +172,15 @@ async fn redis_batches_are_all_or_nothing() {
         "no marker without its counts: {markers:?}"
     );
     assert_eq!(count(&redis, &a.record.id, "2030-03"), None);
+    // More requests while the refused batch waits: they queue behind it,
+    // neither replacing it nor joining it.
+    serve(&cache, &a.plaintext, 3).await;
+    assert!(cache.flush_usage().await);
+    assert_eq!(count(&redis, &a.record.id, "2030-03"), None);
     config_set(&mut conn, "maxmemory", "0");
     assert!(cache.flush_usage().await);
     assert!(cache.flush_usage().await, "a second flush adds nothing");
-    assert_eq!(count(&redis, &a.record.id, "2030-03"), Some(4));
+    assert_eq!(count(&redis, &a.record.id, "2030-03"), Some(7));
     assert_eq!(count(&redis, &b.record.id, "2030-03"), Some(2));
     assert_eq!(cache.stats().l2_bad_values, 1, "the garbage was counted");
 }
