@@ -135,24 +135,25 @@ impl Usage {
     /// Never awaits: counts taken out of the cells live only in the
     /// returned list, so the caller must store them before its next await.
     fn take(&self) -> Taken {
-        let mut taken = std::mem::take(&mut *lock(&self.carried));
-        let months = [self.months.month(0), self.months.month(1)];
-        for shard in &self.shards {
-            lock(shard).retain(|id, cell| {
-                let mut any = false;
-                for (slot, month) in months.iter().enumerate() {
-                    let n = cell.pending[slot].swap(0, Ordering::AcqRel);
-                    if n > 0 {
-                        taken.push((id.clone(), *month, n));
-                        any = true;
+        self.months.with_months(|months| {
+            let mut taken = std::mem::take(&mut *lock(&self.carried));
+            for shard in &self.shards {
+                lock(shard).retain(|id, cell| {
+                    let mut any = false;
+                    for (slot, month) in months.iter().enumerate() {
+                        let n = cell.pending[slot].swap(0, Ordering::AcqRel);
+                        if n > 0 {
+                            taken.push((id.clone(), *month, n));
+                            any = true;
+                        }
                     }
-                }
-                // Keep cells that cache entries still point at: dropping
-                // one would detach its future counts from the registry.
-                any || Arc::strong_count(cell) > 1
-            });
-        }
-        taken
+                    // Keep cells that cache entries still point at:
+                    // dropping one would detach its future counts.
+                    any || Arc::strong_count(cell) > 1
+                });
+            }
+            taken
+        })
     }
 
     /// Counts not yet acknowledged by the store.

@@ -119,6 +119,13 @@ impl Months {
         slot
     }
 
+    /// Runs `f` with the month of each slot, while no month change can
+    /// start (so counts taken from a slot go to that slot's month).
+    pub(crate) fn with_months<T>(&self, f: impl FnOnce([MonthId; 2]) -> T) -> T {
+        let _turning = self.turning.lock().unwrap_or_else(|e| e.into_inner());
+        f([self.month(0), self.month(1)])
+    }
+
     /// The month slot `slot` counts for.
     pub(crate) fn month(&self, slot: usize) -> MonthId {
         MonthId(self.months[slot].load(Ordering::Acquire))
