@@ -56,8 +56,8 @@
 //!   (`flush.rs`). `limits.rs`: GCRA rate limits and monthly quotas.
 //! * `health.rs`, `telemetry.rs`, `stats.rs`: the `/health/cache` report,
 //!   Prometheus metrics through the `metrics` facade, counters.
-//! * `outcome.rs`: [`Outcome`] and its HTTP rendering ([`Rejection`]), shared by
-//!   the web adapters.
+//! * `outcome.rs`: [`Outcome`] and its HTTP and gRPC renderings
+//!   ([`Rejection`], [`GrpcRejection`]), shared by the web adapters.
 //! * `config.rs`: [`CacheConfig`], its builder and `from_env()`.
 //!
 //! # Choices where the design was silent
@@ -144,7 +144,7 @@ pub use health::{
 };
 pub use invalidation::InvalidateError;
 pub use limits::RateLimitInfo;
-pub use outcome::{Outcome, Rejection, VerifiedKey};
+pub use outcome::{GrpcRejection, Outcome, Rejection, VerifiedKey};
 pub use record::{KeyId, KeyRecord, KeyStatus, RateLimit, RateLimitError, UnknownStatus};
 pub use scope::{RequiredScopes, Scopes};
 pub use stats::CacheStats;

@@ -1,7 +1,8 @@
-//! The one typed answer per request, and its HTTP rendering.
+//! The one typed answer per request, and its HTTP and gRPC renderings.
 //!
 //! Both web adapters call [`Outcome::rejection`] so a rejected request looks
-//! the same whichever framework serves it.
+//! the same whichever framework serves it; gRPC requests get
+//! [`Outcome::grpc_rejection`], the same table as gRPC statuses.
 //!
 //! ```
 //! use apikey_cache::Outcome;
@@ -169,10 +170,12 @@ impl Outcome {
         }
     }
 
-    /// The HTTP response for a rejected request; `None` when valid.
-    pub fn rejection(&self) -> Option<Rejection> {
+    /// The design's outcome table, one row per rejection: HTTP status,
+    /// `error`, `message` and `WWW-Authenticate`. Both renderings read it,
+    /// so HTTP and gRPC clients are told the same thing.
+    fn row(&self) -> Option<(u16, &'static str, &'static str, Option<String>)> {
         const INVALID_TOKEN: &str = r#"Bearer error="invalid_token""#;
-        let (status, error, message, www) = match self {
+        Some(match self {
             Self::Valid(_) => return None,
             Self::Missing => (
                 401,
@@ -231,7 +234,12 @@ impl Outcome {
                 "the API key's monthly quota is used up",
                 None,
             ),
-        };
+        })
+    }
+
+    /// The HTTP response for a rejected request; `None` when valid.
+    pub fn rejection(&self) -> Option<Rejection> {
+        let (status, error, message, www) = self.row()?;
         let mut body = serde_json::json!({ "error": error, "message": message });
         if let Self::InsufficientScope { missing } = self {
             body["missing_scopes"] = serde_json::json!(missing);
@@ -240,6 +248,64 @@ impl Outcome {
         if let Some(www) = www {
             headers.push(("www-authenticate", www));
         }
+        self.push_retry_headers(&mut headers);
+        Some(Rejection {
+            status,
+            error,
+            body: body.to_string(),
+            headers,
+        })
+    }
+
+    /// The gRPC status for a rejected request; `None` when valid.
+    ///
+    /// The code follows the HTTP status of [`Outcome::rejection`] (401 ->
+    /// 16 `UNAUTHENTICATED`, 403 -> 7 `PERMISSION_DENIED`, 429 -> 8
+    /// `RESOURCE_EXHAUSTED`, 503 -> 14 `UNAVAILABLE`) and the message is the
+    /// JSON body's `message` (with the missing scopes for code 7). The
+    /// headers make a trailers-only response: `content-type`, `grpc-status`,
+    /// `grpc-message` (percent-encoded as the gRPC spec requires) and, as
+    /// metadata, the same `retry-after` / `ratelimit-*` as the HTTP answer.
+    ///
+    /// ```
+    /// use apikey_cache::Outcome;
+    ///
+    /// let r = Outcome::InsufficientScope { missing: vec!["greet".into()] }
+    ///     .grpc_rejection()
+    ///     .expect("a rejection");
+    /// assert_eq!(r.code, 7);
+    /// assert_eq!(r.message, "the API key lacks required scopes: greet");
+    /// assert!(r.headers.iter().any(|(k, v)| *k == "grpc-status" && v == "7"));
+    /// assert!(Outcome::Missing.grpc_rejection().is_some_and(|r| r.code == 16));
+    /// ```
+    pub fn grpc_rejection(&self) -> Option<GrpcRejection> {
+        let (status, _, message, _) = self.row()?;
+        let code = match status {
+            401 => GrpcRejection::UNAUTHENTICATED,
+            403 => GrpcRejection::PERMISSION_DENIED,
+            429 => GrpcRejection::RESOURCE_EXHAUSTED,
+            // 503, and anything the table may grow: fail closed, retryable.
+            _ => GrpcRejection::UNAVAILABLE,
+        };
+        let message = match self {
+            Self::InsufficientScope { missing } => format!("{message}: {}", missing.join(" ")),
+            _ => message.to_owned(),
+        };
+        let mut headers = vec![
+            ("content-type", "application/grpc".to_owned()),
+            ("grpc-status", code.to_string()),
+            ("grpc-message", percent_encode_grpc_message(&message)),
+        ];
+        self.push_retry_headers(&mut headers);
+        Some(GrpcRejection {
+            code,
+            message,
+            headers,
+        })
+    }
+
+    /// `Retry-After` and the `RateLimit-*` headers, for whichever rendering.
+    fn push_retry_headers(&self, headers: &mut Vec<(&'static str, String)>) {
         // Whole seconds, rounded up: a client that waits exactly this long
         // must not be refused again.
         let secs = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
@@ -256,13 +322,75 @@ impl Outcome {
             }
             _ => {}
         }
-        Some(Rejection {
-            status,
-            error,
-            body: body.to_string(),
-            headers,
-        })
     }
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII
+/// (0x20..=0x7E), and `%` itself, becomes `%XX` (gRPC over HTTP/2 spec).
+/// Scopes come from configuration and may be any UTF-8.
+fn percent_encode_grpc_message(message: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(message.len());
+    for &b in message.as_bytes() {
+        if (0x20..=0x7E).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A framework-neutral gRPC status for a rejected request, rendered as a
+/// trailers-only response (HTTP 200, no body) by adapters that see
+/// `content-type: application/grpc*`.
+///
+/// ```
+/// use apikey_cache::{GrpcRejection, Outcome};
+///
+/// let r = Outcome::Unavailable.grpc_rejection().expect("a rejection");
+/// assert_eq!(r.code, GrpcRejection::UNAVAILABLE);
+/// assert!(r.headers.iter().any(|(k, v)| *k == "content-type" && v == "application/grpc"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GrpcRejection {
+    /// The `grpc-status` code, e.g. [`GrpcRejection::UNAUTHENTICATED`].
+    pub code: i32,
+    /// The status message, not yet percent-encoded.
+    pub message: String,
+    /// Headers to set, names in lowercase: `content-type`, `grpc-status`,
+    /// `grpc-message` (encoded), and `retry-after` / `ratelimit-*` when
+    /// the HTTP answer has them.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl GrpcRejection {
+    /// Code 7: the key lacks required scopes.
+    ///
+    /// ```
+    /// assert_eq!(apikey_cache::GrpcRejection::PERMISSION_DENIED, 7);
+    /// ```
+    pub const PERMISSION_DENIED: i32 = 7;
+    /// Code 8: rate limit or monthly quota used up.
+    ///
+    /// ```
+    /// assert_eq!(apikey_cache::GrpcRejection::RESOURCE_EXHAUSTED, 8);
+    /// ```
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    /// Code 14: the store is down and no cache could answer.
+    ///
+    /// ```
+    /// assert_eq!(apikey_cache::GrpcRejection::UNAVAILABLE, 14);
+    /// ```
+    pub const UNAVAILABLE: i32 = 14;
+    /// Code 16: no key, or a key that is not (or no longer) valid.
+    ///
+    /// ```
+    /// assert_eq!(apikey_cache::GrpcRejection::UNAUTHENTICATED, 16);
+    /// ```
+    pub const UNAUTHENTICATED: i32 = 16;
 }
 
 /// A framework-neutral HTTP response for a rejected request.
@@ -394,6 +522,105 @@ mod tests {
         ] {
             assert_eq!(Outcome::LABELS[o.index()], o.label());
         }
+    }
+
+    #[test]
+    fn grpc_codes_for_every_outcome() {
+        let rl = RateLimitInfo::new(1, 0, Duration::from_secs(60), Duration::from_millis(1500));
+        let cases = [
+            (Outcome::Missing, 16),
+            (Outcome::Malformed(Malformed::TooLong), 16),
+            (Outcome::Unknown, 16),
+            (Outcome::Revoked, 16),
+            (Outcome::Disabled, 16),
+            (Outcome::Expired, 16),
+            (
+                Outcome::InsufficientScope {
+                    missing: vec!["a".into()],
+                },
+                7,
+            ),
+            (Outcome::RateLimited(rl), 8),
+            (
+                Outcome::QuotaExceeded {
+                    quota: 10,
+                    retry_after: Duration::from_secs(3600),
+                },
+                8,
+            ),
+            (Outcome::Unavailable, 14),
+        ];
+        for (outcome, code) in cases {
+            let g = outcome.grpc_rejection().unwrap();
+            let http = outcome.rejection().unwrap();
+            let body: serde_json::Value = serde_json::from_str(&http.body).unwrap();
+            assert_eq!(g.code, code, "{outcome:?}");
+            // The same words as the JSON body.
+            assert!(
+                g.message.starts_with(body["message"].as_str().unwrap()),
+                "{outcome:?}"
+            );
+            assert_eq!(
+                header_of(&g.headers, "content-type"),
+                Some("application/grpc")
+            );
+            assert_eq!(
+                header_of(&g.headers, "grpc-status"),
+                Some(code.to_string().as_str())
+            );
+            assert_eq!(
+                header_of(&g.headers, "grpc-message"),
+                Some(g.message.as_str()),
+                "ASCII messages need no encoding"
+            );
+            assert_eq!(header_of(&g.headers, "www-authenticate"), None);
+            // Retry hints travel as metadata, as in the HTTP answer.
+            assert_eq!(
+                header_of(&g.headers, "retry-after"),
+                header(&http, "retry-after")
+            );
+        }
+        assert_eq!(Outcome::Valid(valid_key()).grpc_rejection(), None);
+    }
+
+    #[test]
+    fn grpc_message_lists_missing_scopes_percent_encoded() {
+        let g = Outcome::InsufficientScope {
+            missing: vec!["orders:write".into(), "caf\u{e9}%".into()],
+        }
+        .grpc_rejection()
+        .unwrap();
+        assert_eq!(
+            g.message,
+            "the API key lacks required scopes: orders:write caf\u{e9}%"
+        );
+        assert_eq!(
+            header_of(&g.headers, "grpc-message"),
+            Some("the API key lacks required scopes: orders:write caf%C3%A9%25")
+        );
+    }
+
+    #[test]
+    fn percent_encoding_follows_the_spec() {
+        assert_eq!(percent_encode_grpc_message("a b~"), "a b~");
+        assert_eq!(percent_encode_grpc_message("100%\n\u{7f}"), "100%25%0A%7F");
+    }
+
+    fn header_of<'a>(headers: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn valid_key() -> VerifiedKey {
+        let hash = crate::KeyHasher::new(None).hash(b"ak_x");
+        VerifiedKey::new(KeyRecord::new(
+            crate::KeyId::from("k1"),
+            hash,
+            "acme",
+            crate::Scopes::new(["a"]),
+        ))
     }
 
     #[test]

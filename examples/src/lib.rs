@@ -6,6 +6,8 @@
 //!   verify, revoke.
 //! * `src/bin/axum-demo.rs`: the design's HTTP contract served by axum with
 //!   `apikey-cache-tower`.
+//! * `src/bin/grpc-demo.rs` and [`grpc`]: a tonic greeter behind the same
+//!   layer; rejections arrive as gRPC statuses.
 //! * [`demo`]: what the demo servers share whatever the framework: flags,
 //!   set-up and shutdown, JSON bodies, admin operations, orders.
 //!
@@ -16,3 +18,4 @@
 //! ```
 
 pub mod demo;
+pub mod grpc;

@@ -20,8 +20,8 @@ use pin_project_lite::pin_project;
 
 pin_project! {
     /// The response body of [`ApiKey`](crate::ApiKey): the inner service's
-    /// body `B` when the request got through, a short JSON body when it was
-    /// rejected. Errors are `B`'s (the JSON body cannot fail).
+    /// body `B` when the request got through, a short JSON body (empty for
+    /// gRPC) when it was rejected. Errors are `B`'s (the JSON body cannot fail).
     ///
     /// ```
     /// use axum::response::IntoResponse;

@@ -34,7 +34,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::response::rejection_response;
+use crate::response::{is_grpc, rejection_response};
 use crate::ResponseBody;
 
 type Verify = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
@@ -89,6 +89,9 @@ pin_project! {
         },
         Rejected {
             outcome: Option<Outcome>,
+            // Whether to answer with a gRPC status (read off the request
+            // only on this path, so the hit path never looks).
+            grpc: bool,
         },
     }
 }
@@ -109,10 +112,11 @@ where
         }
     }
 
-    pub(crate) fn rejected(outcome: Outcome) -> Self {
+    pub(crate) fn rejected(outcome: Outcome, grpc: bool) -> Self {
         Self {
             state: State::Rejected {
                 outcome: Some(outcome),
+                grpc,
             },
         }
     }
@@ -158,18 +162,20 @@ where
                         // which the state change rules out; fail closed.
                         (Outcome::Valid(_), None) => State::Rejected {
                             outcome: Some(Outcome::Unavailable),
+                            grpc: false,
                         },
-                        (rejected, _) => State::Rejected {
+                        (rejected, pending) => State::Rejected {
                             outcome: Some(rejected),
+                            grpc: pending.is_some_and(|p| is_grpc(&p.request)),
                         },
                     };
                     state.set(next);
                 }
-                StateProj::Rejected { outcome } => {
+                StateProj::Rejected { outcome, grpc } => {
                     // Polled again after completion: a caller bug; answer
                     // the fail-closed 503 rather than panic.
                     let outcome = outcome.take().unwrap_or(Outcome::Unavailable);
-                    let response = rejection_response(&outcome);
+                    let response = rejection_response(&outcome, *grpc);
                     return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
                 }
             }

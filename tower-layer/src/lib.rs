@@ -62,6 +62,13 @@
 //! `{"error": "...", "message": "..."}` and headers such as
 //! `WWW-Authenticate` or `Retry-After`.
 //!
+//! A gRPC request (`content-type: application/grpc*`, so tonic services
+//! work behind the layer) is refused with
+//! [`Outcome::grpc_rejection`](apikey_cache::Outcome::grpc_rejection)
+//! instead: a trailers-only response, HTTP 200 with `grpc-status` (16, 7, 8
+//! or 14) and `grpc-message` and no body, which tonic clients read as a
+//! `Status`.
+//!
 //! A rejection is a response, not an error: the service's `Error` is the
 //! inner service's, so axum's `Router::layer` and `route_layer` take it as is.
 //!
@@ -85,8 +92,8 @@
 //! * `body.rs`: [`ResponseBody`], the inner body or the rejection's JSON.
 //! * `extract.rs` (feature `axum`, on by default): [`Authenticated`] and
 //!   [`ApiKeyLayerMissing`].
-//! * `response.rs`: a core [`Rejection`](apikey_cache::Rejection) as an
-//!   `http::Response`.
+//! * `response.rs`: a core [`Rejection`](apikey_cache::Rejection) (or
+//!   [`GrpcRejection`](apikey_cache::GrpcRejection)) as an `http::Response`.
 //!
 //! # Choices where the design was silent
 //!

@@ -1,15 +1,38 @@
-//! Turning the core's framework-neutral [`Rejection`] into an
-//! `http::Response`. The outcome table itself lives in the core
-//! ([`Outcome::rejection`]) so both adapters answer alike.
+//! Turning the core's framework-neutral [`Rejection`] (or, for a gRPC
+//! request, its [`GrpcRejection`]) into an `http::Response`. The outcome
+//! table itself lives in the core ([`Outcome::rejection`],
+//! [`Outcome::grpc_rejection`]) so every adapter answers alike.
 
-use apikey_cache::{Outcome, Rejection};
+use apikey_cache::{GrpcRejection, Outcome, Rejection};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-/// The response for a refused request.
-pub(crate) fn rejection_response(outcome: &Outcome) -> Response<Full<Bytes>> {
+/// Whether a request is gRPC (`content-type: application/grpc`, `+proto`,
+/// `+json`, ...): its client understands only a gRPC status, not a 401.
+pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The response for a refused request: a trailers-only gRPC status when
+/// `grpc`, else the JSON rejection.
+pub(crate) fn rejection_response(outcome: &Outcome, grpc: bool) -> Response<Full<Bytes>> {
+    if grpc {
+        return match outcome
+            .grpc_rejection()
+            .or_else(|| Outcome::Unavailable.grpc_rejection())
+        {
+            Some(rejection) => render_grpc(rejection),
+            None => {
+                let mut res = Response::new(Full::default());
+                *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                res
+            }
+        };
+    }
     // Only `Valid` has no rejection, and callers never pass it; if a future
     // core variant did, refusing is the safe reading.
     match outcome
@@ -31,9 +54,22 @@ fn render(rejection: Rejection) -> Response<Full<Bytes>> {
     // refusal here.
     *res.status_mut() =
         StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    set_headers(&mut res, rejection.headers);
+    res
+}
+
+/// Trailers-only: HTTP 200 and the status in the headers, no body, which
+/// every gRPC client reads as the call's final status.
+fn render_grpc(rejection: GrpcRejection) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::default());
+    set_headers(&mut res, rejection.headers);
+    res
+}
+
+fn set_headers(res: &mut Response<Full<Bytes>>, pairs: Vec<(&'static str, String)>) {
     let headers = res.headers_mut();
-    headers.reserve(rejection.headers.len());
-    for (name, value) in rejection.headers {
+    headers.reserve(pairs.len());
+    for (name, value) in pairs {
         // Not `HeaderName::from_static`, which panics on a bad name: the
         // core's names are lowercase constants, but no request may ever
         // reach a panic.
@@ -50,7 +86,6 @@ fn render(rejection: Rejection) -> Response<Full<Bytes>> {
             ),
         }
     }
-    res
 }
 
 #[cfg(feature = "axum")]
@@ -90,12 +125,50 @@ mod tests {
         ];
         for outcome in outcomes {
             let expected = outcome.rejection().unwrap();
-            let res = rejection_response(&outcome);
+            let res = rejection_response(&outcome, false);
             assert_eq!(res.status().as_u16(), expected.status);
             for (name, value) in &expected.headers {
                 assert_eq!(res.headers()[*name], value.as_str(), "{outcome:?}");
             }
         }
+    }
+
+    #[test]
+    fn grpc_rejections_are_trailers_only() {
+        use http_body::Body as _;
+        for (outcome, code) in [
+            (Outcome::Missing, "16"),
+            (Outcome::Revoked, "16"),
+            (
+                Outcome::InsufficientScope {
+                    missing: vec!["a:b".into()],
+                },
+                "7",
+            ),
+            (Outcome::Unavailable, "14"),
+        ] {
+            let res = rejection_response(&outcome, true);
+            assert_eq!(res.status(), StatusCode::OK, "{outcome:?}");
+            assert_eq!(res.headers()["content-type"], "application/grpc");
+            assert_eq!(res.headers()["grpc-status"], code);
+            assert!(res.headers().contains_key("grpc-message"));
+            assert!(!res.headers().contains_key("www-authenticate"));
+            assert!(res.body().is_end_stream(), "no body: {outcome:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_is_told_by_content_type() {
+        let req = |ct: &str| {
+            http::Request::builder()
+                .header("content-type", ct)
+                .body(())
+                .unwrap()
+        };
+        assert!(is_grpc(&req("application/grpc")));
+        assert!(is_grpc(&req("application/grpc+proto")));
+        assert!(!is_grpc(&req("application/json")));
+        assert!(!is_grpc(&http::Request::new(())));
     }
 
     #[cfg(feature = "axum")]
