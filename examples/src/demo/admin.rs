@@ -39,8 +39,8 @@ use apikey_cache::{ApiKeyCache, KeyAdmin, KeyId, KeyStatus, NewKey};
 use time::OffsetDateTime;
 
 use super::contract::{
-    ApiError, CreateKeyRequest, CreatedKeyResponse, KeyDetailsResponse, ModeResponse,
-    RevokedResponse, RotateRequest, SetModeRequest, MAX_GRACE_SECS,
+    validate_owner, ApiError, CreateKeyRequest, CreatedKeyResponse, KeyDetailsResponse,
+    ModeResponse, RevokedResponse, RotateRequest, SetModeRequest, MAX_GRACE_SECS,
 };
 
 /// The cache and the store's admin side, shared by every admin handler.
@@ -134,8 +134,25 @@ impl Admin {
             .map_err(|e| ApiError::invalidation("the revocation", &e))
     }
 
-    /// `POST /admin/owners/{owner}/revoke`.
+    /// `POST /admin/owners/{owner}/revoke`. The owner from the path is
+    /// checked like the body's `owner` (a NUL byte would otherwise reach
+    /// the database and come back as a 503).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use apikey_cache::{ApiKeyCache, CacheConfig, MemoryStore};
+    /// use apikey_cache_examples::demo::admin::Admin;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = Arc::new(MemoryStore::new());
+    /// let admin = Admin::new(ApiKeyCache::new(CacheConfig::default(), store.clone()).unwrap(), store);
+    /// let err = admin.revoke_owner("acme\0corp").await.unwrap_err();
+    /// assert_eq!(err.status(), 400);
+    /// assert_eq!(admin.revoke_owner("acme").await.unwrap().revoked, 0);
+    /// # });
+    /// ```
     pub async fn revoke_owner(&self, owner: &str) -> Result<RevokedResponse, ApiError> {
+        validate_owner(owner)?;
         let revoked = self
             .store
             .revoke_owner(owner)

@@ -78,6 +78,11 @@ pub async fn revocation_owner_revocation_and_rotation(bin: &str) {
         .post("/admin/owners/nobody/revoke", Some(admin), json!({}))
         .await;
     assert_eq!(res.json, json!({"revoked": 0}));
+    // A path parameter is checked like the same field in a body: a 4xx,
+    // never a store error.
+    demo.post("/admin/owners/acme%00corp/revoke", Some(admin), json!({}))
+        .await
+        .assert_error(400, "invalid_request");
 
     // Rotation: the new key works, the old one during its grace period.
     let (old_id, old) = demo
