@@ -218,9 +218,9 @@ fn next_month(now: OffsetDateTime) -> OffsetDateTime {
     })
 }
 
+/// `YYYY-MM` of `now` (UTC): the same month names as the usage counts.
 pub(crate) fn month_tag(now: OffsetDateTime) -> String {
-    let now = now.to_offset(time::UtcOffset::UTC);
-    format!("{:04}-{:02}", now.year(), u8::from(now.month()))
+    crate::usage::MonthId::of(now).tag()
 }
 
 #[derive(Default)]

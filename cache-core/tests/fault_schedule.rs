@@ -183,9 +183,9 @@ impl World {
                     let db = PgTestDb::create().await;
                     let direct = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
                     direct.migrate().await.unwrap();
-                    let (upstream, _) = split_pg_url(&db.url, 1);
+                    let (upstream, _) = support::pg::through_proxy(&db.url, 1);
                     let proxy = TcpProxy::start(upstream).await;
-                    let (_, proxied) = split_pg_url(&db.url, proxy.port);
+                    let (_, proxied) = support::pg::through_proxy(&db.url, proxy.port);
                     let options =
                         PostgresStore::pool_options().acquire_timeout(Duration::from_millis(250));
                     let through =
@@ -579,12 +579,12 @@ impl World {
                     self.redis_health = Health::Hung;
                 }
                 _ => {
-                    self.max_memory("1");
+                    self.redis.set_max_memory("1");
                     self.redis_health = Health::ReadOnly;
                 }
             },
             Health::ReadOnly => {
-                self.max_memory("0");
+                self.redis.set_max_memory("0");
                 self.redis_health = Health::Up;
             }
             Health::Hung => {
@@ -597,18 +597,6 @@ impl World {
             }
         }
         self.log.push(format!("redis -> {:?}", self.redis_health));
-    }
-
-    fn max_memory(&self, bytes: &str) {
-        let mut conn = self.redis.conn();
-        for (k, v) in [("maxmemory-policy", "noeviction"), ("maxmemory", bytes)] {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg(k)
-                .arg(v)
-                .query(&mut conn)
-                .unwrap();
-        }
     }
 
     fn store_fault(&mut self) {
@@ -683,7 +671,7 @@ impl World {
         match self.redis_health {
             Health::Hung => self.redis.resume(),
             Health::Down => self.redis.restart(),
-            Health::ReadOnly => self.max_memory("0"),
+            Health::ReadOnly => self.redis.set_max_memory("0"),
             Health::Up => {}
         }
         if self.store_health != Health::Up {
@@ -773,20 +761,6 @@ fn short(o: &Outcome) -> &'static str {
         Outcome::Unavailable => "503",
         _ => "other",
     }
-}
-
-/// `(upstream address, URL through 127.0.0.1:port)` of a PostgreSQL URL.
-fn split_pg_url(url: &str, port: u16) -> (std::net::SocketAddr, String) {
-    let at = url.find('@').unwrap();
-    let slash = at + url[at..].find('/').unwrap();
-    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&url[at + 1..slash])
-        .unwrap()
-        .next()
-        .unwrap();
-    (
-        upstream,
-        format!("{}127.0.0.1:{port}{}", &url[..at + 1], &url[slash..]),
-    )
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -144,17 +144,7 @@ async fn a_pending_invalidation_distrusts_redis_until_it_lands() {
     let a = instance(mem.clone(), config(&redis.url()).build().unwrap()).await;
     let (key, record) = issue(&mem, &a, "acme").await;
     assert!(verify(&a, &key).await.is_valid());
-    let mut conn = redis.conn();
-    let set = |conn: &mut redis::Connection, k: &str, v: &str| {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(k)
-            .arg(v)
-            .query::<()>(conn)
-            .unwrap()
-    };
-    set(&mut conn, "maxmemory-policy", "noeviction");
-    set(&mut conn, "maxmemory", "1");
+    redis.set_max_memory("1");
 
     mem.revoke_key(&record.id).await.unwrap();
     assert!(
@@ -172,7 +162,7 @@ async fn a_pending_invalidation_distrusts_redis_until_it_lands() {
         assert_eq!(verify(&a, &key).await, Outcome::Revoked);
         a.clear_l1(); // every request goes through Redis again
     }
-    set(&mut conn, "maxmemory", "0");
+    redis.set_max_memory("0");
     wait_until("the retry landed", || a.pending_invalidations() == 0).await;
     let tomb = redis_value(&redis, &entry_key(&record.hash)).unwrap();
     assert!(tomb.contains("\"k\":\"t\""), "tombstoned: {tomb}");

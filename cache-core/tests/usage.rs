@@ -22,19 +22,6 @@ use support::proxy::TcpProxy;
 use support::redis::RedisServer;
 use support::wait_until;
 
-fn upstream_and_proxied(url: &str, port: u16) -> (std::net::SocketAddr, String) {
-    let at = url.find('@').unwrap();
-    let slash = at + url[at..].find('/').unwrap();
-    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&url[at + 1..slash])
-        .unwrap()
-        .next()
-        .unwrap();
-    (
-        upstream,
-        format!("{}127.0.0.1:{port}{}", &url[..at + 1], &url[slash..]),
-    )
-}
-
 /// 3 instances, 30,000 verifies, Redis killed and restarted, the database
 /// cut for a while: after a clean shutdown the store's totals are exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,8 +30,8 @@ async fn exact_accounting_through_redis_and_database_outages() {
     let direct = PostgresStore::connect(&db.url).await.unwrap();
     direct.migrate().await.unwrap();
     // Bind the proxy first to learn its port, then point the store at it.
-    let probe = TcpProxy::start(upstream_and_proxied(&db.url, 1).0).await;
-    let (_, proxied_url) = upstream_and_proxied(&db.url, probe.port);
+    let probe = TcpProxy::start(support::pg::through_proxy(&db.url, 1).0).await;
+    let (_, proxied_url) = support::pg::through_proxy(&db.url, probe.port);
     let proxy = probe;
     let options = PostgresStore::pool_options().acquire_timeout(Duration::from_millis(300));
     let store = Arc::new(

@@ -152,16 +152,7 @@ async fn redis_batches_are_all_or_nothing() {
     serve(&cache, &a.plaintext, 4).await;
     serve(&cache, &b.plaintext, 2).await;
     let mut conn = redis.conn();
-    let config_set = |conn: &mut redis::Connection, k: &str, v: &str| {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(k)
-            .arg(v)
-            .query::<()>(conn)
-            .unwrap()
-    };
-    config_set(&mut conn, "maxmemory-policy", "noeviction");
-    config_set(&mut conn, "maxmemory", "1");
+    redis.set_max_memory("1");
     assert!(cache.flush_usage().await, "the store took it");
     let markers: Vec<String> = redis::cmd("KEYS")
         .arg("apikey-cache:usage-batch:*")
@@ -177,7 +168,7 @@ async fn redis_batches_are_all_or_nothing() {
     serve(&cache, &a.plaintext, 3).await;
     assert!(cache.flush_usage().await);
     assert_eq!(count(&redis, &a.record.id, "2030-03"), None);
-    config_set(&mut conn, "maxmemory", "0");
+    redis.set_max_memory("0");
     assert!(cache.flush_usage().await);
     assert!(cache.flush_usage().await, "a second flush adds nothing");
     assert_eq!(count(&redis, &a.record.id, "2030-03"), Some(7));

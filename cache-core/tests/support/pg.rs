@@ -125,3 +125,19 @@ pub fn with_database(base: &str, db: &str) -> String {
     }
     url
 }
+
+/// `(upstream address, the same URL through 127.0.0.1:port)` of a
+/// PostgreSQL URL with a user (`postgres://user@host:port/db`): for tests
+/// that put a TCP proxy between the store and the database.
+pub fn through_proxy(url: &str, port: u16) -> (std::net::SocketAddr, String) {
+    let at = url.find('@').expect("a user in the URL");
+    let slash = at + url[at..].find('/').expect("a database in the URL");
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&url[at + 1..slash])
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("a resolvable PostgreSQL host");
+    (
+        upstream,
+        format!("{}127.0.0.1:{port}{}", &url[..at + 1], &url[slash..]),
+    )
+}

@@ -114,6 +114,20 @@ impl RedisServer {
         assert!(self.spawn(), "port {} was taken meanwhile", self.port);
     }
 
+    /// Sets `maxmemory` (with `noeviction`): `"1"` makes the server answer
+    /// reads and refuse writes, `"0"` lifts the limit.
+    pub fn set_max_memory(&self, bytes: &str) {
+        let mut conn = self.conn();
+        for (k, v) in [("maxmemory-policy", "noeviction"), ("maxmemory", bytes)] {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(k)
+                .arg(v)
+                .query::<()>(&mut conn)
+                .unwrap();
+        }
+    }
+
     /// `SIGSTOP`: a hung server that keeps its connections open.
     pub fn pause(&self) {
         self.signal("-STOP");
