@@ -6,6 +6,8 @@
 //!   verify, revoke.
 //! * `src/bin/axum-demo.rs`: the design's HTTP contract served by axum with
 //!   `apikey-cache-tower`.
+//! * `src/bin/actix-demo.rs`: the same contract served by actix-web with
+//!   `apikey-cache-actix`; only the framework glue differs.
 //! * `src/bin/grpc-demo.rs` and [`grpc`]: a tonic greeter behind the same
 //!   layer; rejections arrive as gRPC statuses.
 //! * [`demo`]: what the demo servers share whatever the framework: flags,

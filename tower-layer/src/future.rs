@@ -34,7 +34,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::response::{is_grpc, rejection_response};
+use crate::response::{rejection_response, Protocol};
 use crate::ResponseBody;
 
 type Verify = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
@@ -91,7 +91,7 @@ pin_project! {
             outcome: Option<Outcome>,
             // Whether to answer with a gRPC status (read off the request
             // only on this path, so the hit path never looks).
-            grpc: bool,
+            protocol: Protocol,
         },
     }
 }
@@ -112,11 +112,11 @@ where
         }
     }
 
-    pub(crate) fn rejected(outcome: Outcome, grpc: bool) -> Self {
+    pub(crate) fn rejected(outcome: Outcome, protocol: Protocol) -> Self {
         Self {
             state: State::Rejected {
                 outcome: Some(outcome),
-                grpc,
+                protocol,
             },
         }
     }
@@ -162,20 +162,21 @@ where
                         // which the state change rules out; fail closed.
                         (Outcome::Valid(_), None) => State::Rejected {
                             outcome: Some(Outcome::Unavailable),
-                            grpc: false,
+                            protocol: Protocol::Http,
                         },
                         (rejected, pending) => State::Rejected {
                             outcome: Some(rejected),
-                            grpc: pending.is_some_and(|p| is_grpc(&p.request)),
+                            protocol: pending.map_or(Protocol::Http, |p| Protocol::of(&p.request)),
                         },
                     };
                     state.set(next);
                 }
-                StateProj::Rejected { outcome, grpc } => {
+                StateProj::Rejected { outcome, protocol } => {
                     // Polled again after completion: a caller bug; answer
                     // the fail-closed 503 rather than panic.
                     let outcome = outcome.take().unwrap_or(Outcome::Unavailable);
-                    let response = rejection_response(&outcome, *grpc);
+                    let response =
+                        rejection_response(&outcome, std::mem::replace(protocol, Protocol::Http));
                     return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
                 }
             }

@@ -67,7 +67,9 @@
 //! [`Outcome::grpc_rejection`](apikey_cache::Outcome::grpc_rejection)
 //! instead: a trailers-only response, HTTP 200 with `grpc-status` (16, 7, 8
 //! or 14) and `grpc-message` and no body, which tonic clients read as a
-//! `Status`.
+//! `Status`. gRPC-Web requests (`application/grpc-web*`, from browsers
+//! through tonic-web or a proxy) get the same trailers-only status, with
+//! their own content type echoed back.
 //!
 //! A rejection is a response, not an error: the service's `Error` is the
 //! inner service's, so axum's `Router::layer` and `route_layer` take it as is.

@@ -9,23 +9,53 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-/// Whether a request is gRPC (`content-type: application/grpc`, `+proto`,
-/// `+json`, ...): its client understands only a gRPC status, not a 401.
-pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+/// How a refused request is answered, told by its `content-type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// Plain HTTP: the JSON rejection.
+    Http,
+    /// gRPC (`application/grpc`, `+proto`, `+json`, ...): its client
+    /// understands only a gRPC status, not a 401.
+    Grpc,
+    /// gRPC-Web (`application/grpc-web`, `-text`, `+proto`, ...), as sent by
+    /// browsers through a gRPC-Web proxy or tonic-web: a gRPC status too,
+    /// with the request's own content type echoed, since gRPC-Web clients
+    /// refuse a response whose type is not theirs.
+    GrpcWeb(HeaderValue),
 }
 
-/// The response for a refused request: a trailers-only gRPC status when
-/// `grpc`, else the JSON rejection.
-pub(crate) fn rejection_response(outcome: &Outcome, grpc: bool) -> Response<Full<Bytes>> {
-    if grpc {
+impl Protocol {
+    /// Reads the request's `content-type` (only on the rejection path).
+    pub(crate) fn of<B>(req: &http::Request<B>) -> Self {
+        match req.headers().get(http::header::CONTENT_TYPE) {
+            Some(v) if v.as_bytes().starts_with(b"application/grpc-web") => {
+                Self::GrpcWeb(v.clone())
+            }
+            Some(v) if v.as_bytes().starts_with(b"application/grpc") => Self::Grpc,
+            _ => Self::Http,
+        }
+    }
+}
+
+/// The response for a refused request: a trailers-only gRPC status for
+/// gRPC and gRPC-Web, else the JSON rejection.
+pub(crate) fn rejection_response(outcome: &Outcome, protocol: Protocol) -> Response<Full<Bytes>> {
+    if protocol != Protocol::Http {
         return match outcome
             .grpc_rejection()
             .or_else(|| Outcome::Unavailable.grpc_rejection())
         {
-            Some(rejection) => render_grpc(rejection),
+            Some(rejection) => {
+                let mut res = render_grpc(rejection);
+                if let Protocol::GrpcWeb(content_type) = protocol {
+                    // gRPC-Web's trailers-only answer is the same headers
+                    // (its spec: "trailers may be sent together with
+                    // response headers, with no message in the body").
+                    res.headers_mut()
+                        .insert(http::header::CONTENT_TYPE, content_type);
+                }
+                res
+            }
             None => {
                 let mut res = Response::new(Full::default());
                 *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
@@ -125,7 +155,7 @@ mod tests {
         ];
         for outcome in outcomes {
             let expected = outcome.rejection().unwrap();
-            let res = rejection_response(&outcome, false);
+            let res = rejection_response(&outcome, Protocol::Http);
             assert_eq!(res.status().as_u16(), expected.status);
             for (name, value) in &expected.headers {
                 assert_eq!(res.headers()[*name], value.as_str(), "{outcome:?}");
@@ -147,7 +177,7 @@ mod tests {
             ),
             (Outcome::Unavailable, "14"),
         ] {
-            let res = rejection_response(&outcome, true);
+            let res = rejection_response(&outcome, Protocol::Grpc);
             assert_eq!(res.status(), StatusCode::OK, "{outcome:?}");
             assert_eq!(res.headers()["content-type"], "application/grpc");
             assert_eq!(res.headers()["grpc-status"], code);
@@ -165,10 +195,35 @@ mod tests {
                 .body(())
                 .unwrap()
         };
-        assert!(is_grpc(&req("application/grpc")));
-        assert!(is_grpc(&req("application/grpc+proto")));
-        assert!(!is_grpc(&req("application/json")));
-        assert!(!is_grpc(&http::Request::new(())));
+        assert_eq!(Protocol::of(&req("application/grpc")), Protocol::Grpc);
+        assert_eq!(Protocol::of(&req("application/grpc+proto")), Protocol::Grpc);
+        for web in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpc-web-text",
+            "application/grpc-web-text+proto",
+        ] {
+            assert_eq!(
+                Protocol::of(&req(web)),
+                Protocol::GrpcWeb(HeaderValue::from_static(web))
+            );
+        }
+        assert_eq!(Protocol::of(&req("application/json")), Protocol::Http);
+        assert_eq!(Protocol::of(&http::Request::new(())), Protocol::Http);
+    }
+
+    #[test]
+    fn grpc_web_rejections_echo_the_request_content_type() {
+        use http_body::Body as _;
+        for web in ["application/grpc-web+proto", "application/grpc-web-text"] {
+            let protocol = Protocol::GrpcWeb(HeaderValue::from_static(web));
+            let res = rejection_response(&Outcome::Revoked, protocol);
+            assert_eq!(res.status(), StatusCode::OK);
+            assert_eq!(res.headers()["content-type"], web);
+            assert_eq!(res.headers()["grpc-status"], "16");
+            assert!(res.headers().contains_key("grpc-message"));
+            assert!(res.body().is_end_stream());
+        }
     }
 
     #[cfg(feature = "axum")]

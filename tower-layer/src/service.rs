@@ -35,7 +35,7 @@ use tower_service::Service;
 
 use crate::future::ResponseFuture;
 use crate::layer::Shared;
-use crate::response::is_grpc;
+use crate::response::Protocol;
 use crate::ResponseBody;
 
 /// Middleware that authenticates requests with an API key. Built by
@@ -156,7 +156,7 @@ where
                 req.extensions_mut().insert(key);
                 ResponseFuture::inner(self.inner.call(req))
             }
-            Ok(rejected) => ResponseFuture::rejected(rejected, is_grpc(&req)),
+            Ok(rejected) => ResponseFuture::rejected(rejected, Protocol::of(&req)),
             Err(hash) => {
                 // The call happens after the load, so take the service that
                 // was driven to readiness and leave a fresh clone for the

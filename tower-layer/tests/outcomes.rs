@@ -275,3 +275,31 @@ async fn quota_exceeded_key() {
     assert!((1..=31 * 24 * 3600).contains(&retry_after));
     assert_eq!(answer.header("www-authenticate"), None);
 }
+
+#[tokio::test]
+async fn grpc_and_grpc_web_requests_get_grpc_statuses() {
+    let f = Fixture::new();
+    let reader = f.key(&["orders:read"]).await;
+    let app = app(f.cache.clone(), &["orders:write"]);
+    for content_type in [
+        "application/grpc",
+        "application/grpc-web+proto",
+        "application/grpc-web-text",
+    ] {
+        let mut missing = anonymous("POST", "/v1/whoami");
+        let mut scope = bearer("POST", "/v1/whoami", &reader.plaintext);
+        for req in [&mut missing, &mut scope] {
+            req.headers_mut()
+                .insert("content-type", content_type.parse().unwrap());
+        }
+        for (req, code) in [(missing, "16"), (scope, "7")] {
+            let answer = send(&app, req).await;
+            // Trailers-only: 200, the status in the headers, no body; the
+            // content type is the client's own (gRPC-Web clients check it).
+            assert_eq!(answer.status, StatusCode::OK, "{content_type}");
+            assert_eq!(answer.header("grpc-status"), Some(code), "{content_type}");
+            assert_eq!(answer.header("content-type"), Some(content_type));
+            assert!(answer.text().is_empty(), "{content_type}");
+        }
+    }
+}
