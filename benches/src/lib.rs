@@ -1,6 +1,7 @@
 //! Shared pieces of the apikey-cache benchmarks: the axum apps of the
 //! side-by-side HTTP comparison, served by `bench-server` and driven
-//! in-process by the `router` example (instruction counts).
+//! in-process by the `router` example (instruction counts), and the actix
+//! ones ([`actix`]), served by `actix-bench-server`.
 //!
 //! The criterion benchmarks live in `benches/`; run them with
 //! `cargo bench -p apikey-cache-benches`.
@@ -16,6 +17,8 @@ use axum::http::{header, Request, Response, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use sha2::{Digest, Sha256};
+
+pub mod actix;
 use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
 
 /// How many keys the `apikey`, `moka` and `quick` apps know.
@@ -88,6 +91,27 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for StaticBearer {
     }
 }
 
+/// A cache (configured by `APIKEY_CACHE_*`) over a memory store of
+/// [`KEYS`] keys (scopes `orders:*` and `whoami`), every key verified once
+/// so that a run measures L1 hits. Both frameworks' `apikey` servers use it.
+///
+/// Must run inside a Tokio runtime (the cache spawns its background tasks).
+pub async fn warm_cache() -> Result<ApiKeyCache, Box<dyn std::error::Error>> {
+    let store = Arc::new(MemoryStore::new());
+    let cache = ApiKeyCache::new(CacheConfig::from_env()?, store.clone())?;
+    for i in 0..KEYS {
+        let k = key(i);
+        store.insert(KeyRecord::new(
+            KeyId::new(format!("key_{i}")),
+            cache.hash_key(&k),
+            format!("owner_{}", i % 100),
+            Scopes::new(["orders:*", "whoami"]),
+        ));
+        cache.verify_key(&k, &RequiredScopes::none()).await;
+    }
+    Ok(cache)
+}
+
 /// The app for `mode` (one of [`MODES`]), with every key in its cache:
 ///
 /// * `noauth`: no authentication at all;
@@ -104,19 +128,7 @@ pub async fn app(mode: &str) -> Result<Router, Box<dyn std::error::Error>> {
             .route("/v1/whoami", get(whoami))
             .route_layer(AsyncRequireAuthorizationLayer::new(StaticBearer)),
         "apikey" => {
-            let store = Arc::new(MemoryStore::new());
-            let cache = ApiKeyCache::new(CacheConfig::from_env()?, store.clone())?;
-            for i in 0..KEYS {
-                let k = key(i);
-                store.insert(KeyRecord::new(
-                    KeyId::new(format!("key_{i}")),
-                    cache.hash_key(&k),
-                    format!("owner_{}", i % 100),
-                    Scopes::new(["orders:*", "whoami"]),
-                ));
-                // Warm L1 so a run measures hits.
-                cache.verify_key(&k, &RequiredScopes::none()).await;
-            }
+            let cache = warm_cache().await?;
             Router::new()
                 .route("/v1/whoami", get(whoami_keyed))
                 .route_layer(ApiKeyLayer::new(cache).require(["whoami"]))
