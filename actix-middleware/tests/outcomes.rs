@@ -1,5 +1,6 @@
 //! Every row of the design's outcome table, through an actix-web app, header
-//! by header (the rows are in `support/expectations.rs`).
+//! by header (the rows are in `cache-core/tests/support/expectations.rs`,
+//! shared with the tower layer's tests).
 #![allow(clippy::unwrap_used)]
 
 mod support;

@@ -2,6 +2,9 @@
 //! them, key issuing, a store that is down, requests and decoded responses.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+// The outcome table as every adapter's tests expect it (the tower layer's
+// include the same file).
+#[path = "../../../cache-core/tests/support/expectations.rs"]
 pub mod expectations;
 
 use std::sync::Arc;

@@ -1,12 +1,17 @@
-//! Shared fixtures: a memory store with a cache over it, key issuing,
-//! requests and decoded responses.
+//! Shared fixtures: a memory store and a manual clock with a cache over
+//! them, key issuing, requests and decoded responses.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+// The outcome table as every adapter's tests expect it (the actix
+// middleware's include the same file).
+#[path = "../../../cache-core/tests/support/expectations.rs"]
+pub mod expectations;
 
 use std::sync::Arc;
 
 use apikey_cache::{
-    async_trait, ApiKeyCache, CacheConfig, CreatedKey, KeyAdmin, KeyHash, KeyId, KeyRecord,
-    KeyStore, MemoryStore, NewKey, StoreError, UsageBatch,
+    async_trait, ApiKeyCache, CreatedKey, KeyAdmin, KeyHash, KeyId, KeyRecord, KeyStore,
+    ManualClock, MemoryStore, NewKey, StoreError, UsageBatch,
 };
 use axum::body::Body;
 use axum::Router;
@@ -14,16 +19,29 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+/// 23:00 UTC on the last day of a month: a quota refused now resets in
+/// exactly one hour.
+pub const START: time::OffsetDateTime = time::macros::datetime!(2030-01-31 23:00 UTC);
+
 pub struct Fixture {
     pub store: Arc<MemoryStore>,
+    pub clock: Arc<ManualClock>,
     pub cache: ApiKeyCache,
 }
 
 impl Fixture {
     pub fn new() -> Self {
         let store = Arc::new(MemoryStore::new());
-        let cache = ApiKeyCache::new(CacheConfig::default(), store.clone()).unwrap();
-        Self { store, cache }
+        let clock = Arc::new(ManualClock::new(START));
+        let cache = ApiKeyCache::builder(store.clone())
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        Self {
+            store,
+            clock,
+            cache,
+        }
     }
 
     pub async fn key(&self, scopes: &[&str]) -> CreatedKey {
@@ -89,6 +107,15 @@ impl Answer {
 
     pub fn text(&self) -> String {
         String::from_utf8(self.body.clone()).unwrap()
+    }
+
+    /// Checks this answer against a row of the outcome table.
+    pub fn expect(&self, expected: &expectations::Expected) {
+        expected.check(
+            self.status.as_u16(),
+            |name| self.header(name).map(str::to_owned),
+            &self.json(),
+        );
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

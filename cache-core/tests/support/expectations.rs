@@ -1,7 +1,9 @@
 //! The design's outcome table as test expectations, framework-neutral: a
-//! status, a body and a header lookup are all it reads, so any adapter's
-//! tests can include this file (`#[path = "..."] mod expectations;`) and
-//! pin the same rows.
+//! status, a body and a header lookup are all it reads, so every adapter's
+//! tests include this file (`#[path = "..."] mod expectations;`: the tower
+//! layer's and the actix middleware's) and pin the same rows. Written out
+//! by hand, not derived from the core, so a change to the core's table
+//! fails here.
 //!
 //! Times are exact because the fixtures run on a `ManualClock`: a 1-per-60 s
 //! rate limit refused right after its one request waits 60 s; a monthly
