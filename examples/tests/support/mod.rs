@@ -18,6 +18,13 @@ use serde_json::Value;
 #[path = "../../../cache-core/tests/support/ports.rs"]
 mod ports;
 pub use ports::PortLease;
+// The server tests create databases on, and URLs through a proxy.
+#[path = "../../../cache-core/tests/support/pg.rs"]
+mod pg;
+// A TCP proxy that can cut a demo off from PostgreSQL.
+#[path = "../../../cache-core/tests/support/proxy.rs"]
+mod proxy;
+pub use proxy::TcpProxy;
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -112,32 +119,6 @@ impl Drop for RedisServer {
     }
 }
 
-/// The PostgreSQL server tests may create databases on.
-pub fn pg_admin_url() -> String {
-    std::env::var("APIKEY_CACHE_TEST_PG_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// `base` with its database (the URL path) replaced by `db`.
-fn with_database(base: &str, db: &str) -> String {
-    let (head, query) = match base.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (base, None),
-    };
-    let authority_start = head.find("://").map_or(0, |i| i + 3);
-    let authority_end = head[authority_start..]
-        .find('/')
-        .map_or(head.len(), |i| authority_start + i);
-    let mut url = format!("{}/{db}", &head[..authority_end]);
-    if let Some(query) = query {
-        url.push('?');
-        url.push_str(query);
-    }
-    url
-}
-
 /// A database of this test's own, dropped (`WITH (FORCE)`) on drop.
 pub struct PgDb {
     pub url: String,
@@ -148,7 +129,7 @@ pub struct PgDb {
 impl PgDb {
     pub async fn create() -> Self {
         use sqlx::{Connection, Executor};
-        let admin_url = pg_admin_url();
+        let admin_url = pg::admin_url();
         let name = format!("apikey_cache_demo_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin_url)
             .await
@@ -163,10 +144,20 @@ impl PgDb {
             .unwrap();
         let _ = conn.close().await;
         Self {
-            url: with_database(&admin_url, &name),
+            url: pg::with_database(&admin_url, &name),
             name,
             admin_url,
         }
+    }
+
+    /// A proxy in front of this database that the test can cut (a database
+    /// outage without touching the shared server), and the database's URL
+    /// through it.
+    pub async fn proxied(&self) -> (TcpProxy, String) {
+        let (upstream, _) = pg::through_proxy(&self.url, 0);
+        let proxy = TcpProxy::start(upstream).await;
+        let (_, url) = pg::through_proxy(&self.url, proxy.port);
+        (proxy, url)
     }
 
     /// One connection to the test database, for looking at rows directly.
