@@ -1,7 +1,7 @@
 //! The design's HTTP contract as black-box checks, each a function of the
 //! demo binary's path so every demo server (`axum-demo`, later
-//! `actix-demo`) runs the same suite: a test file per binary only lists
-//! them (see `axum_demo.rs`).
+//! `actix-demo`) runs the same suite: a test file per binary is one
+//! [`contract_suite!`] line (see `axum_demo.rs`).
 //!
 //! Each check starts what it needs itself (its own `redis-server`, its own
 //! PostgreSQL database, the demo on a free port) and waits with bounded
@@ -11,3 +11,30 @@
 pub mod access;
 pub mod lifecycle;
 pub mod operations;
+
+/// One `#[tokio::test]` per check, each run against the binary `$bin`
+/// (e.g. `env!("CARGO_BIN_EXE_axum-demo")`). Expects `mod contract; mod
+/// support;` at the crate root.
+macro_rules! contract_suite {
+    ($bin:expr) => {
+        $crate::contract::contract_suite!(@tests $bin;
+            access::keys_scopes_and_rejections,
+            access::rate_limit_and_quota,
+            access::bad_http_input_is_4xx_never_5xx,
+            lifecycle::revocation_owner_revocation_and_rotation,
+            lifecycle::sigterm_flushes_usage_and_exits_zero,
+            operations::mode_health_metrics_and_request_ids,
+            operations::starts_on_embedded_defaults,
+            operations::fleet_mode_without_redis_is_refused,
+        );
+    };
+    (@tests $bin:expr; $($module:ident :: $check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                $crate::contract::$module::$check($bin).await;
+            }
+        )+
+    };
+}
+pub(crate) use contract_suite;
