@@ -1,7 +1,8 @@
 //! The design's HTTP contract as black-box checks, each a function of the
 //! demo binary's path so every demo server (`axum-demo`, later
 //! `actix-demo`) runs the same suite: a test file per binary is one
-//! [`contract_suite!`] line (see `axum_demo.rs`).
+//! [`contract_suite!`] line (see `axum_demo.rs`), and a mixed fleet calls
+//! [`fleet::two_instances_act_as_one_fleet`] with two different binaries.
 //!
 //! Each check starts what it needs itself (its own `redis-server`, its own
 //! PostgreSQL database, the demo on a free port) and waits with bounded
@@ -9,12 +10,13 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod access;
+pub mod fleet;
 pub mod lifecycle;
 pub mod operations;
 
 /// One `#[tokio::test]` per check, each run against the binary `$bin`
-/// (e.g. `env!("CARGO_BIN_EXE_axum-demo")`). Expects `mod contract; mod
-/// support;` at the crate root.
+/// (e.g. `env!("CARGO_BIN_EXE_axum-demo")`); the fleet check runs two
+/// instances of it. Expects `mod contract; mod support;` at the crate root.
 macro_rules! contract_suite {
     ($bin:expr) => {
         $crate::contract::contract_suite!(@tests $bin;
@@ -27,6 +29,11 @@ macro_rules! contract_suite {
             operations::starts_on_embedded_defaults,
             operations::fleet_mode_without_redis_is_refused,
         );
+
+        #[tokio::test]
+        async fn two_instances_act_as_one_fleet() {
+            $crate::contract::fleet::two_instances_act_as_one_fleet($bin, $bin).await;
+        }
     };
     (@tests $bin:expr; $($module:ident :: $check:ident),+ $(,)?) => {
         $(
