@@ -25,6 +25,7 @@ macro_rules! contract_suite {
             access::bad_http_input_is_4xx_never_5xx,
             lifecycle::revocation_owner_revocation_and_rotation,
             lifecycle::sigterm_flushes_usage_and_exits_zero,
+            lifecycle::in_flight_request_is_answered_after_sigterm,
             operations::mode_health_metrics_and_request_ids,
             operations::starts_on_embedded_defaults,
             operations::fleet_mode_without_redis_is_refused,
