@@ -29,6 +29,8 @@ macro_rules! contract_suite {
             operations::mode_health_metrics_and_request_ids,
             operations::starts_on_embedded_defaults,
             operations::fleet_mode_without_redis_is_refused,
+            operations::store_outage_health_and_unknown_keys,
+            operations::settings_from_the_environment,
         );
 
         #[tokio::test]
