@@ -2,6 +2,7 @@
 
 pub mod gated;
 pub mod hold_proxy;
+#[cfg(feature = "postgres")]
 pub mod pg;
 pub mod ports;
 pub mod proxy;

@@ -5,7 +5,9 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and
 //! [`PgTestDb::drop_db`] when done. A test that panics before `drop_db`
 //! still drops its database, from `Drop`.
-#![cfg(feature = "postgres")]
+//!
+//! Also included by `examples/tests/support` through `#[path]`, so the
+//! `postgres` feature gate is on the `mod` declaration, not in here.
 #![allow(dead_code, unreachable_pub)]
 
 use sqlx::{Connection, Executor, PgConnection};

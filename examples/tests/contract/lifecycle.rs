@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{DemoServer, Env};
+use crate::support::{eventually, DemoServer, Env};
 
 pub async fn revocation_owner_revocation_and_rotation(bin: &str) {
     let env = Env::start(bin).await;
@@ -231,4 +231,118 @@ pub async fn sigterm_flushes_usage_and_exits_zero(bin: &str) {
     let details = demo.get(&format!("/admin/keys/{id}"), Some(&admin)).await;
     assert_eq!(details.json["total_requests"], valid, "{details:?}");
     assert!(details.json["last_used_at"].is_string());
+}
+
+/// Reads from `stream` (at most 10 s) until `done` holds for what was read
+/// or the peer closes; what was read.
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    what: &str,
+    done: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !done(&buf) {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "no {what} within 10 s; read {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    buf
+}
+
+/// A response head and as much body as its `Content-Length` says (without
+/// one, only the peer closing ends it).
+fn response_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| body.len() >= len)
+}
+
+pub async fn in_flight_request_is_answered_after_sigterm(bin: &str) {
+    use tokio::io::AsyncWriteExt;
+
+    let mut env = Env::start(bin).await;
+    let admin = env.admin.clone();
+    let (_, key) = env
+        .demo
+        .create_key(&admin, json!({"owner": "acme", "scopes": ["orders:write"]}))
+        .await;
+    let body = br#"{"item": "in-flight", "quantity": 3}"#;
+    let (first, rest) = body.split_at(body.len() / 2);
+
+    // `Expect: 100-continue`: the server says when it is reading the body,
+    // so the request is known to be in flight (accepted, parsed and past
+    // the key check) before the signal, not merely sitting in a backlog.
+    let mut conn = tokio::net::TcpStream::connect(&env.demo.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: demo\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let interim = read_until(&mut conn, "100 Continue", |b| {
+        b.windows(4).any(|w| w == b"\r\n\r\n")
+    })
+    .await;
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    conn.write_all(first).await.unwrap();
+
+    // The signal is handled once the listener is gone.
+    env.demo.send_sigterm();
+    eventually(
+        "the demo to stop accepting connections",
+        Duration::from_secs(10),
+        || async {
+            let refused = tokio::net::TcpStream::connect(&env.demo.addr)
+                .await
+                .is_err();
+            refused.then_some(())
+        },
+    )
+    .await;
+    assert!(
+        env.demo.is_running(),
+        "the demo exited with a request in flight:\n{}",
+        env.demo.log_text()
+    );
+
+    // The rest of the body: the request is still served, in full.
+    conn.write_all(rest).await.unwrap();
+    let answer = read_until(&mut conn, "answer", response_complete).await;
+    drop(conn);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(json["item"], "in-flight", "{text}");
+    assert_eq!(json["quantity"], 3, "{text}");
+
+    let status = env.demo.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        env.demo.log_text()
+    );
 }

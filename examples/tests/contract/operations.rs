@@ -1,12 +1,13 @@
 //! What operators see and do: cache modes, `/health/cache`, `/metrics`,
-//! request ids, and the embedded defaults.
+//! request ids, a store outage, and the settings: embedded defaults and
+//! environment fallbacks.
 
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{eventually, DemoConfig, DemoServer, Env};
+use crate::support::{eventually, random_key, DemoConfig, DemoServer, Env, PgDb, RedisServer};
 
 pub async fn mode_health_metrics_and_request_ids(bin: &str) {
     let env = Env::start(bin).await;
@@ -226,4 +227,143 @@ pub async fn fleet_mode_without_redis_is_refused(bin: &str) {
         demo.get("/v1/whoami", Some(&admin)).await.status,
         StatusCode::OK
     );
+}
+
+/// Polls `/health/cache` (reports are reused for up to a second) until it
+/// shows `status`; the last report.
+async fn health_becomes(demo: &DemoServer, status: &str) -> crate::support::Answer {
+    eventually(
+        &format!("health {status}"),
+        Duration::from_secs(10),
+        || async {
+            let h = demo.get("/health/cache", None).await;
+            (h.json["status"] == status).then_some(h)
+        },
+    )
+    .await
+}
+
+pub async fn store_outage_health_and_unknown_keys(bin: &str) {
+    let redis = RedisServer::start();
+    let pg = PgDb::create().await;
+    let (proxy, proxied_url) = pg.proxied().await;
+    let admin = random_key();
+    let config = DemoConfig {
+        database_url: Some(proxied_url),
+        ..Env::config(&redis, &pg, &admin)
+    };
+    let demo = DemoServer::start(bin, config).await;
+    let (_, warm) = demo
+        .create_key(&admin, json!({"owner": "acme", "scopes": []}))
+        .await;
+    let (_, unseen) = demo
+        .create_key(&admin, json!({"owner": "acme", "scopes": []}))
+        .await;
+    assert_eq!(
+        demo.get("/v1/whoami", Some(&warm)).await.status,
+        StatusCode::OK
+    );
+    health_becomes(&demo, "healthy").await;
+
+    // The database goes away (connections dropped, new ones refused).
+    proxy.cut();
+    // Nothing cached can vouch for these: 503, neither a 200 nor a 401 the
+    // store never said.
+    for (what, key) in [
+        ("issued, never used", unseen.as_str()),
+        ("unknown", &random_key()),
+    ] {
+        let res = demo.get("/v1/whoami", Some(key)).await;
+        assert_eq!(
+            res.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{what}: {res:?}"
+        );
+        res.assert_error(503, "auth_unavailable");
+    }
+    // What the caches hold is still served; health says so (200).
+    assert_eq!(
+        demo.get("/v1/whoami", Some(&warm)).await.status,
+        StatusCode::OK
+    );
+    let health = health_becomes(&demo, "degraded").await;
+    assert_eq!(health.status, StatusCode::OK, "{health:?}");
+    assert_eq!(health.json["store"]["status"], "down", "{health:?}");
+
+    // Database-only with the store down: nothing can answer.
+    let res = demo
+        .call(
+            Method::PUT,
+            "/admin/cache/mode",
+            Some(&admin),
+            Some(json!({"mode": "database_only", "fleet": false})),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{res:?}");
+    let health = health_becomes(&demo, "unhealthy").await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE, "{health:?}");
+    assert_eq!(health.json["mode"], "database_only");
+    assert_eq!(health.json["store"]["status"], "down");
+    demo.get("/v1/whoami", Some(&warm))
+        .await
+        .assert_error(503, "auth_unavailable");
+
+    // The database is back: health recovers, and the key refused during
+    // the outage was not remembered as unknown.
+    proxy.restore();
+    let health = health_becomes(&demo, "healthy").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.json["store"]["status"], "up");
+    for key in [&unseen, &warm] {
+        assert_eq!(
+            demo.get("/v1/whoami", Some(key)).await.status,
+            StatusCode::OK
+        );
+    }
+}
+
+pub async fn settings_from_the_environment(bin: &str) {
+    let redis = RedisServer::start();
+    let pg = PgDb::create().await;
+    let admin = random_key();
+    let prefix = format!("conf-{}:", uuid::Uuid::new_v4().simple());
+    let dir = crate::support::TempDir::new("env");
+    let mut config = Env::config(&redis, &pg, &admin);
+    config.via_env = true;
+    config.cwd = Some(dir.path().to_owned());
+    config
+        .env
+        .push(("APIKEY_CACHE_KEY_PREFIX".to_owned(), prefix.clone()));
+    // Answers on the address in BIND (no --bind given), or start fails.
+    let demo = DemoServer::start(bin, config).await;
+
+    // APIKEY_BOOTSTRAP_ADMIN_KEY: the admin key works.
+    let (id, key) = demo
+        .create_key(&admin, json!({"owner": "acme", "scopes": []}))
+        .await;
+    // DATABASE_URL: the key is a row in that database, not in an SQLite
+    // file in the working directory.
+    let mut conn = pg.connect().await;
+    let (owner,): (String,) = sqlx::query_as("SELECT owner FROM api_keys WHERE key_id = $1")
+        .bind(&id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(owner, "acme");
+    assert!(!dir.path().join("apikey-cache-demo.db").exists());
+
+    // REDIS_URL and APIKEY_CACHE_KEY_PREFIX: the key's L2 entry is in that
+    // Redis, and everything there carries the prefix.
+    assert_eq!(
+        demo.get("/v1/whoami", Some(&key)).await.status,
+        StatusCode::OK
+    );
+    let keys = eventually("keys in Redis", Duration::from_secs(5), || async {
+        let keys = redis.keys("*");
+        (!keys.is_empty()).then_some(keys)
+    })
+    .await;
+    assert!(keys.iter().all(|k| k.starts_with(&prefix)), "{keys:?}");
+    let health = demo.get("/health/cache", None).await;
+    assert_eq!(health.json["l2"]["status"], "up", "{health:?}");
 }

@@ -18,6 +18,13 @@ use serde_json::Value;
 #[path = "../../../cache-core/tests/support/ports.rs"]
 mod ports;
 pub use ports::PortLease;
+// The server tests create databases on, and URLs through a proxy.
+#[path = "../../../cache-core/tests/support/pg.rs"]
+mod pg;
+// A TCP proxy that can cut a demo off from PostgreSQL.
+#[path = "../../../cache-core/tests/support/proxy.rs"]
+mod proxy;
+pub use proxy::TcpProxy;
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -103,6 +110,37 @@ impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// `KEYS pattern`, spoken in RESP over a plain socket (no Redis client
+    /// among the dev-dependencies for one command).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        use std::io::BufRead;
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let command = format!("*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len());
+        s.write_all(command.as_bytes()).unwrap();
+        let mut reader = std::io::BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let count: usize = line
+            .strip_prefix('*')
+            .and_then(|n| n.trim_end().parse().ok())
+            .unwrap_or_else(|| panic!("KEYS answered {line:?}"));
+        (0..count)
+            .map(|_| {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let len: usize = line
+                    .strip_prefix('$')
+                    .and_then(|n| n.trim_end().parse().ok())
+                    .unwrap_or_else(|| panic!("a bulk string, not {line:?}"));
+                let mut bytes = vec![0u8; len + 2];
+                reader.read_exact(&mut bytes).unwrap();
+                bytes.truncate(len);
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .collect()
+    }
 }
 
 impl Drop for RedisServer {
@@ -110,32 +148,6 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The PostgreSQL server tests may create databases on.
-pub fn pg_admin_url() -> String {
-    std::env::var("APIKEY_CACHE_TEST_PG_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// `base` with its database (the URL path) replaced by `db`.
-fn with_database(base: &str, db: &str) -> String {
-    let (head, query) = match base.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (base, None),
-    };
-    let authority_start = head.find("://").map_or(0, |i| i + 3);
-    let authority_end = head[authority_start..]
-        .find('/')
-        .map_or(head.len(), |i| authority_start + i);
-    let mut url = format!("{}/{db}", &head[..authority_end]);
-    if let Some(query) = query {
-        url.push('?');
-        url.push_str(query);
-    }
-    url
 }
 
 /// A database of this test's own, dropped (`WITH (FORCE)`) on drop.
@@ -148,7 +160,7 @@ pub struct PgDb {
 impl PgDb {
     pub async fn create() -> Self {
         use sqlx::{Connection, Executor};
-        let admin_url = pg_admin_url();
+        let admin_url = pg::admin_url();
         let name = format!("apikey_cache_demo_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin_url)
             .await
@@ -163,10 +175,20 @@ impl PgDb {
             .unwrap();
         let _ = conn.close().await;
         Self {
-            url: with_database(&admin_url, &name),
+            url: pg::with_database(&admin_url, &name),
             name,
             admin_url,
         }
+    }
+
+    /// A proxy in front of this database that the test can cut (a database
+    /// outage without touching the shared server), and the database's URL
+    /// through it.
+    pub async fn proxied(&self) -> (TcpProxy, String) {
+        let (upstream, _) = pg::through_proxy(&self.url, 0);
+        let proxy = TcpProxy::start(upstream).await;
+        let (_, url) = pg::through_proxy(&self.url, proxy.port);
+        (proxy, url)
     }
 
     /// One connection to the test database, for looking at rows directly.
@@ -214,6 +236,10 @@ pub struct DemoConfig {
     pub env: Vec<(String, String)>,
     /// Working directory (default: a fresh temp dir).
     pub cwd: Option<PathBuf>,
+    /// Pass the address, URLs and bootstrap key as `BIND`, `DATABASE_URL`,
+    /// `REDIS_URL` and `APIKEY_BOOTSTRAP_ADMIN_KEY` instead of flags: the
+    /// fallbacks the contract promises.
+    pub via_env: bool,
 }
 
 /// A random well-formed key, for the bootstrap admin.
@@ -274,21 +300,35 @@ impl DemoServer {
         for name in SCRUBBED_ENV {
             cmd.env_remove(name);
         }
-        cmd.arg("--bind")
-            .arg(&addr)
-            .current_dir(config.cwd.as_deref().unwrap_or(dir.path()))
+        cmd.current_dir(config.cwd.as_deref().unwrap_or(dir.path()))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        if let Some(url) = &config.database_url {
-            cmd.arg("--database-url").arg(url);
-        }
-        if let Some(url) = &config.redis_url {
-            cmd.arg("--redis-url").arg(url);
-        }
-        if let Some(key) = &config.bootstrap_admin_key {
-            cmd.arg("--bootstrap-admin-key").arg(key);
+        let settings = [
+            ("--bind", "BIND", Some(&addr)),
+            (
+                "--database-url",
+                "DATABASE_URL",
+                config.database_url.as_ref(),
+            ),
+            ("--redis-url", "REDIS_URL", config.redis_url.as_ref()),
+            (
+                "--bootstrap-admin-key",
+                "APIKEY_BOOTSTRAP_ADMIN_KEY",
+                config.bootstrap_admin_key.as_ref(),
+            ),
+        ];
+        for (flag, var, value) in settings {
+            match value {
+                Some(value) if config.via_env => {
+                    cmd.env(var, value);
+                }
+                Some(value) => {
+                    cmd.arg(flag).arg(value);
+                }
+                None => {}
+            }
         }
         cmd.envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd.spawn().expect("start the demo binary");
@@ -360,11 +400,28 @@ impl DemoServer {
 
     /// Sends SIGTERM and waits (at most `within`) for the exit.
     pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(within).await
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn send_sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits (at most `within`, then kills it and panics) for the exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + within;
         loop {
@@ -375,7 +432,7 @@ impl DemoServer {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "the demo did not exit within {within:?} of SIGTERM:\n{}",
+                    "the demo did not exit within {within:?}:\n{}",
                     self.log_text()
                 );
             }
@@ -558,6 +615,7 @@ impl Env {
                 "100ms".to_owned(),
             )],
             cwd: None,
+            via_env: false,
         }
     }
 }
