@@ -1,5 +1,5 @@
 //! The design's HTTP contract as black-box checks, each a function of the
-//! demo binary's path so every demo server (`axum-demo`, later
+//! demo binary's path so every demo server (`axum-demo`,
 //! `actix-demo`) runs the same suite: a test file per binary is one
 //! [`contract_suite!`] line (see `axum_demo.rs`), and a mixed fleet calls
 //! [`fleet::two_instances_act_as_one_fleet`] with two different binaries.
@@ -7,7 +7,8 @@
 //! Each check starts what it needs itself (its own `redis-server`, its own
 //! PostgreSQL database, the demo on a free port) and waits with bounded
 //! polling, never fixed sleeps.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+// `unused_macros`: the mixed-fleet test calls the checks, not the suite.
+#![allow(dead_code, unreachable_pub, unused_macros, clippy::unwrap_used)]
 
 pub mod access;
 pub mod fleet;
@@ -47,4 +48,5 @@ macro_rules! contract_suite {
         )+
     };
 }
+#[allow(unused_imports)]
 pub(crate) use contract_suite;
