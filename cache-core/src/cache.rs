@@ -222,6 +222,7 @@ impl ApiKeyCacheBuilder {
                 invalidations: Default::default(),
             }),
         };
+        crate::telemetry::describe_once();
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(crate::telemetry::publisher(Arc::downgrade(&cache.inner)));
             tokio::spawn(crate::usage::flusher(
@@ -327,7 +328,7 @@ impl ApiKeyCache {
                     let load = async move {
                         let started = Instant::now();
                         let loaded = this.lead(hash, generation).await;
-                        metrics::histogram!("apikey_cache_lookup_duration_seconds")
+                        metrics::histogram!(crate::telemetry::LOOKUP_DURATION)
                             .record(started.elapsed().as_secs_f64());
                         leader.finish(loaded);
                     };

@@ -30,6 +30,22 @@
 //! # }).unwrap();
 //! ```
 //!
+//! # Metrics
+//!
+//! The cache emits Prometheus metrics through the `metrics` facade and owns
+//! no registry: install an exporter in the host before building the cache,
+//! and every metric arrives described (HELP text and unit). The names are
+//! part of the interface; [`telemetry`] lists them ([`telemetry::METRICS`])
+//! with their labels, and gives buckets for the lookup duration histogram.
+//!
+//! ```
+//! use apikey_cache::telemetry::{metric, MetricKind};
+//!
+//! let requests = metric("apikey_cache_requests_total").unwrap();
+//! assert_eq!(requests.kind, MetricKind::Counter);
+//! assert!(requests.labels[0].values.contains(&"unknown"));
+//! ```
+//!
 //! # Layout
 //!
 //! * `extract.rs`: finding the key in request headers; early rejections.
@@ -54,8 +70,9 @@
 //! * `usage/`: usage counters (`mod.rs`), the month each count belongs to
 //!   (`months.rs`), their exactly-once flushes to the store and Redis
 //!   (`flush.rs`). `limits.rs`: GCRA rate limits and monthly quotas.
-//! * `health.rs`, `telemetry.rs`, `stats.rs`: the `/health/cache` report,
-//!   Prometheus metrics through the `metrics` facade, counters.
+//! * `health.rs`, [`telemetry`], `stats.rs`: the `/health/cache` report,
+//!   Prometheus metrics through the `metrics` facade (their names and
+//!   descriptions), counters.
 //! * `outcome.rs`: [`Outcome`] and its HTTP and gRPC renderings
 //!   ([`Rejection`], [`GrpcRejection`]), shared by the web adapters.
 //! * `config.rs`: [`CacheConfig`], its builder and `from_env()`.
@@ -125,7 +142,7 @@ mod record;
 mod scope;
 mod stats;
 pub mod store;
-mod telemetry;
+pub mod telemetry;
 mod usage;
 mod verify;
 
