@@ -23,7 +23,8 @@ use apikey_cache::{
     check_key, ApiKeyCache, CacheConfig, Extracted, KeyAdmin, KeyId, KeyRecord, KeyStore,
     PostgresStore, Scopes, SqliteStore,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use apikey_cache::telemetry::{LOOKUP_DURATION, LOOKUP_DURATION_BUCKETS};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::admin::Admin;
 use super::args::{redact_url, DemoArgs};
@@ -200,10 +201,22 @@ pub async fn bootstrap_admin(
 
 /// Installs the global Prometheus recorder (the core publishes through the
 /// `metrics` facade) and keeps its histograms drained.
+///
+/// The lookup duration is a Prometheus histogram with the core's buckets
+/// (10 µs to 5 s), not the exporter's default summary: bucket counts add up
+/// across a fleet and feed `histogram_quantile`, quantiles do not. Call it
+/// before building the cache: the cache describes its metrics (HELP text)
+/// to the recorder installed at that time.
 pub fn install_metrics() -> Result<PrometheusHandle, SetupError> {
+    let err = |e: metrics_exporter_prometheus::BuildError| SetupError::Metrics(e.to_string());
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(LOOKUP_DURATION.to_owned()),
+            LOOKUP_DURATION_BUCKETS,
+        )
+        .map_err(err)?
         .install_recorder()
-        .map_err(|e| SetupError::Metrics(e.to_string()))?;
+        .map_err(err)?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
