@@ -19,11 +19,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apikey_cache::telemetry::{LOOKUP_DURATION, LOOKUP_DURATION_BUCKETS};
 use apikey_cache::{
     check_key, ApiKeyCache, CacheConfig, Extracted, KeyAdmin, KeyId, KeyRecord, KeyStore,
     PostgresStore, Scopes, SqliteStore,
 };
-use apikey_cache::telemetry::{LOOKUP_DURATION, LOOKUP_DURATION_BUCKETS};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::admin::Admin;

@@ -13,6 +13,7 @@
 pub mod access;
 pub mod fleet;
 pub mod lifecycle;
+pub mod metrics;
 pub mod operations;
 
 /// One `#[tokio::test]` per check, each run against the binary `$bin`
@@ -32,6 +33,7 @@ macro_rules! contract_suite {
             operations::fleet_mode_without_redis_is_refused,
             operations::store_outage_health_and_unknown_keys,
             operations::settings_from_the_environment,
+            metrics::metrics_exposition,
         );
 
         #[tokio::test]
