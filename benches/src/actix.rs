@@ -104,7 +104,10 @@ impl ActixApp {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use actix_web::{test, App};
+    // Not `test`: with actix-web's `macros` feature (the workspace turns it
+    // on for actix-demo) that name is also an attribute macro and would
+    // take `#[test]`'s place.
+    use actix_web::{test as actix_test, App};
 
     use super::*;
 
@@ -115,21 +118,22 @@ mod tests {
         actix_web::rt::System::new().block_on(async {
             for mode in ACTIX_MODES {
                 let app = ActixApp::new(mode).await.unwrap();
-                let svc = test::init_service(App::new().configure(|cfg| app.configure(cfg))).await;
-                let with_key = test::TestRequest::get()
+                let svc =
+                    actix_test::init_service(App::new().configure(|cfg| app.configure(cfg))).await;
+                let with_key = actix_test::TestRequest::get()
                     .uri("/v1/whoami")
                     .insert_header(("authorization", format!("Bearer {}", crate::key(42))))
                     .to_request();
                 assert_eq!(
-                    test::call_service(&svc, with_key).await.status(),
+                    actix_test::call_service(&svc, with_key).await.status(),
                     200,
                     "{mode}"
                 );
-                let bad = test::TestRequest::get()
+                let bad = actix_test::TestRequest::get()
                     .uri("/v1/whoami")
                     .insert_header(("authorization", "Bearer ak_bench_nope"))
                     .to_request();
-                let status = test::call_service(&svc, bad).await.status().as_u16();
+                let status = actix_test::call_service(&svc, bad).await.status().as_u16();
                 if *mode == "noauth" {
                     assert_eq!(status, 200);
                 } else {
