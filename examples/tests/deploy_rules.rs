@@ -89,6 +89,20 @@ fn every_alert_has_severity_summary_description_and_runbook() {
     }
 }
 
+/// Each `runbook_url` lands on a section: GitHub's anchor for a heading
+/// `### ApiKeyCacheStoreDown` is its lowercased text.
+#[test]
+fn every_alert_has_its_runbook_section() {
+    let runbook = read("docs/OPERATIONS.md");
+    for (name, _) in alerts() {
+        let heading = format!("\n### {name}\n");
+        assert!(
+            runbook.contains(&heading),
+            "docs/OPERATIONS.md has no `### {name}` section"
+        );
+    }
+}
+
 #[test]
 fn promtool_test_rules_passes_and_covers_every_alert_both_ways() {
     let dir = repo().join("deploy/prometheus");
