@@ -68,7 +68,18 @@
 //!   that lost events clears its lists with the rest of L1.
 //!
 //! Concurrent misses for one owner each ask the store (no single flight: an
-//! admin read, not the request path).
+//! admin read, not the request path). After a revocation, an L1 miss for
+//! the owner's list asks the store (and writes nothing to Redis) until the
+//! key's tombstone has run out: a Redis list cannot tell whether it was
+//! read before or after the tombstone was written.
+//!
+//! The fill script reads the listed keys' entries next to the list: one
+//! Redis node, as today. On Redis Cluster those keys live in other slots;
+//! the check would have to move to the client (read the entries after the
+//! fill, and delete a list that lost the race).
+//!
+//! Instances of a version without owner lists count the list event as
+//! undecodable and ignore it (they hold no lists).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;

@@ -125,8 +125,8 @@ async fn the_list_reflects_a_create_and_a_revoke_on_another_instance() {
     let a = instance(mem.clone(), &redis.url()).await;
     let b = instance(mem.clone(), &redis.url()).await;
     let k1 = issue(&mem, &a, "acme").await;
-    assert_eq!(ids(&list(&a, "acme").await), [k1.id.clone()]);
-    assert_eq!(ids(&list(&b, "acme").await), [k1.id.clone()]);
+    assert_eq!(ids(&list(&a, "acme").await), vec![k1.id.clone()]);
+    assert_eq!(ids(&list(&b, "acme").await), vec![k1.id.clone()]);
 
     // A key issued on B.
     let k2 = issue(&mem, &b, "acme").await;
@@ -378,7 +378,7 @@ async fn bad_data_in_redis_is_a_miss() {
             .unwrap();
         a.clear_l1();
         let before = a.stats().l2_bad_values;
-        assert_eq!(ids(&list(&a, "acme").await), [k1.id.clone()], "{bad}");
+        assert_eq!(ids(&list(&a, "acme").await), vec![k1.id.clone()], "{bad}");
         assert_eq!(a.stats().l2_bad_values, before + 1, "{bad}");
     }
 }
@@ -413,7 +413,7 @@ async fn a_store_failure_is_an_error() {
     let err = a.list_owner_keys("acme").await.unwrap_err();
     assert!(matches!(err, StoreError::Timeout), "{err:?}");
     store.listing.release();
-    assert_eq!(ids(&list(&a, "acme").await), [k1.id.clone()]);
+    assert_eq!(ids(&list(&a, "acme").await), vec![k1.id.clone()]);
 
     // Without Redis too.
     let solo = ApiKeyCache::new(CacheConfig::default(), store.clone()).unwrap();
@@ -432,7 +432,7 @@ async fn database_only_asks_the_store_every_time() {
     let k1 = issue(&mem, &a, "acme").await;
     a.set_mode(Mode::DatabaseOnly);
     for _ in 0..3 {
-        assert_eq!(ids(&list(&a, "acme").await), [k1.id.clone()]);
+        assert_eq!(ids(&list(&a, "acme").await), vec![k1.id.clone()]);
     }
     assert_eq!(store.listing.passed(), 3);
     assert_eq!(redis_value(&redis, &list_key("acme")), None);

@@ -50,6 +50,10 @@ impl ApiKeyCache {
     /// once, Redis (a tombstone that blocks refills for `tombstone_ttl`),
     /// then every other instance's L1 through a pub/sub event.
     ///
+    /// Cached owner key lists that hold the key are dropped too (see
+    /// [`list_owner_keys`](Self::list_owner_keys)); the owner need not be
+    /// known.
+    ///
     /// Call it after changing a key in the store. This instance refuses the
     /// key from the moment of the call, even if the returned future is
     /// dropped: the Redis part runs in a task of its own, and on `Err` it is
@@ -79,7 +83,8 @@ impl ApiKeyCache {
     /// [`invalidate`](Self::invalidate) by key id. This instance drops every
     /// L1 entry with that id at once (a scan of L1); the store is asked for
     /// the key's hash to tombstone it in Redis. Unknown ids are not an
-    /// error: there is nothing to drop.
+    /// error: there is nothing to drop. Cached owner key lists that hold the
+    /// key are dropped too.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -111,6 +116,9 @@ impl ApiKeyCache {
     /// the owner's entries and distrusts Redis's copies of them for
     /// `tombstone_ttl`), and listing is retried, with the event repeated,
     /// until the tombstones land.
+    ///
+    /// The owner's key list ([`list_owner_keys`](Self::list_owner_keys)) is
+    /// dropped on every instance and tombstoned in Redis too.
     ///
     /// Revoke the keys in the store first (e.g. `KeyAdmin::revoke_owner`).
     ///
