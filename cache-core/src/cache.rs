@@ -123,6 +123,8 @@ pub(crate) struct Inner {
     pub(crate) shutting_down: AtomicBool,
     /// Invalidations under way on this instance, and what they hold.
     pub(crate) invalidations: crate::invalidation::Invalidations,
+    /// The owner key-list cache's L1 (`owner_list.rs`).
+    pub(crate) owner_lists: crate::owner_list::OwnerLists,
 }
 
 /// Verifies API keys through an in-process cache, Redis and the store.
@@ -196,6 +198,7 @@ impl ApiKeyCacheBuilder {
         };
         let hasher = KeyHasher::new(c.pepper.as_deref().map(str::as_bytes));
         let mode = mode_to_u8(c.mode);
+        let owner_lists = crate::owner_list::OwnerLists::new(c.l1_ttl);
         let cache = ApiKeyCache {
             inner: Arc::new(Inner {
                 hasher,
@@ -220,6 +223,7 @@ impl ApiKeyCacheBuilder {
                 shutting_down: AtomicBool::new(false),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 invalidations: Default::default(),
+                owner_lists,
             }),
         };
         crate::telemetry::describe_once();

@@ -31,6 +31,9 @@ pub(crate) enum Action {
     Owner { o: String },
     /// Set the fleet-wide mode.
     Mode { m: String },
+    /// Drop an owner's key list (a key was issued). Instances of versions
+    /// without owner lists count it as undecodable and ignore it.
+    List { o: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -95,6 +98,7 @@ impl ApiKeyCache {
                 self.inner.invalidations.guard.hold_until(&target, until);
                 self.invalidate_owner_local(&o, "remote");
             }
+            Action::List { o } => self.invalidate_owner_list_local(&o),
             Action::Mode { m } => match m.parse::<Mode>() {
                 Ok(mode) => self.apply_fleet_mode(mode),
                 Err(_) => {
@@ -200,6 +204,7 @@ mod tests {
         for action in [
             Action::Key { h: "ab".repeat(32) },
             Action::Owner { o: "acme".into() },
+            Action::List { o: "acme".into() },
             Action::Mode {
                 m: "database_only".into(),
             },

@@ -71,6 +71,8 @@ pub struct HealthReport {
     pub invalidation: InvalidationHealth,
     /// Usage counters not yet flushed.
     pub usage: UsageHealth,
+    /// The owner key-list cache (`list_owner_keys`).
+    pub owner_lists: OwnerListsHealth,
     /// When the probes behind this report ran (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
     pub checked_at: OffsetDateTime,
@@ -142,6 +144,25 @@ pub struct UsageHealth {
     pub pending_increments: u64,
     /// Failed flushes (each retried).
     pub flush_errors: u64,
+}
+
+/// Owner key-list cache figures: `"owner_lists": {"entries": n}`.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use apikey_cache::{ApiKeyCache, CacheConfig, MemoryStore};
+///
+/// let cache = ApiKeyCache::new(CacheConfig::default(), Arc::new(MemoryStore::new())).unwrap();
+/// cache.list_owner_keys("acme").await.unwrap();
+/// assert_eq!(cache.health().await.owner_lists.entries, 1);
+/// # });
+/// ```
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct OwnerListsHealth {
+    /// Owner lists held in this instance's L1.
+    pub entries: u64,
 }
 
 impl HealthReport {
@@ -242,6 +263,9 @@ impl ApiKeyCache {
                 pending_keys: s.usage_pending_keys,
                 pending_increments: s.usage_pending_increments,
                 flush_errors: s.usage_flush_errors,
+            },
+            owner_lists: OwnerListsHealth {
+                entries: self.inner.owner_lists.entries(),
             },
             checked_at: probe.checked_at,
         }

@@ -63,6 +63,7 @@ pub(crate) struct L2 {
     pub(crate) stats: L2Stats,
     read_script: redis::Script,
     fill_script: redis::Script,
+    fill_list_script: redis::Script,
 }
 
 /// Redis's clock (microseconds since the epoch) when a load read its entry.
@@ -82,6 +83,21 @@ const FILL: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if now >= tonumber(ARGV[3]) then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+";
+
+/// An owner's key list: `SET NX PX` unless the server's clock has passed
+/// `ARGV[3]` (-1), or one of the listed keys' entries (`KEYS[2..]`) is a
+/// tombstone (`ARGV[4]`): a key invalidated since the list was read (-2).
+/// 1 when written, 0 when the list's key was taken.
+const FILL_LIST: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if now >= tonumber(ARGV[3]) then return -1 end
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[4] then return -2 end
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 ";
@@ -107,6 +123,7 @@ impl L2 {
             stats: L2Stats::default(),
             read_script: redis::Script::new(READ),
             fill_script: redis::Script::new(FILL),
+            fill_list_script: redis::Script::new(FILL_LIST),
         });
         tokio::spawn(probe_loop(Arc::downgrade(&l2)));
         // Warm the connection off the request path, with the connect budget.
@@ -135,6 +152,11 @@ impl L2 {
         k.push_str("key:");
         k.push_str(&hash.to_hex());
         k
+    }
+
+    /// The Redis key of `owner`'s key list (`owner_list.rs`).
+    pub(crate) fn owner_list_key(&self, owner: &str) -> String {
+        format!("{}owner-keys:{owner}", self.prefix)
     }
 
     /// Runs one command under the timeout and the breaker.
@@ -185,15 +207,11 @@ impl L2 {
     /// later fill can prove that no tombstone written after this read can
     /// have expired yet). Errors and bad values are misses.
     pub(crate) async fn get(&self, hash: &KeyHash) -> (L2Read, Option<ReadStamp>) {
-        let inv = self.read_script.key(self.entry_key(hash));
-        let (secs, micros, bytes): (i64, i64, Option<Vec<u8>>) = match self.call_script(&inv).await
-        {
+        let (bytes, stamp) = match self.read_raw(self.entry_key(hash)).await {
             Ok(v) => v,
             Err(_) => return (L2Read::Unavailable, None),
         };
-        let stamp = Some(ReadStamp(
-            secs.saturating_mul(1_000_000).saturating_add(micros),
-        ));
+        let stamp = Some(stamp);
         let Some(bytes) = bytes else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return (L2Read::Miss, stamp);
@@ -219,6 +237,59 @@ impl L2 {
             }
         };
         (read, stamp)
+    }
+
+    /// The raw value under `key`, with Redis's clock at the read.
+    pub(crate) async fn read_raw(
+        &self,
+        key: String,
+    ) -> Result<(Option<Vec<u8>>, ReadStamp), L2Error> {
+        let inv = self.read_script.key(key);
+        let (secs, micros, bytes): (i64, i64, Option<Vec<u8>>) = self.call_script(&inv).await?;
+        let stamp = ReadStamp(secs.saturating_mul(1_000_000).saturating_add(micros));
+        Ok((bytes, stamp))
+    }
+
+    /// The raw values under `keys` (`MGET`), in order.
+    pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, L2Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
+        // One command, many keys: a few command budgets, like a pipeline.
+        self.guarded(self.timeout * 4, cmd.query_async(&mut conn))
+            .await
+    }
+
+    /// Stores an owner's key list under `key` (`SET NX`) while Redis's
+    /// clock is before `stamp + window` and none of `entries` (the listed
+    /// keys' entry keys) holds a tombstone; see `FILL_LIST` and
+    /// `owner_list.rs`. Returns whether it was written.
+    pub(crate) async fn fill_list(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl: Duration,
+        stamp: ReadStamp,
+        window: Duration,
+        entries: Vec<String>,
+    ) -> bool {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return false;
+        }
+        let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+        let mut inv = self.fill_list_script.key(key);
+        for entry in entries {
+            inv.key(entry);
+        }
+        inv.arg(value)
+            .arg(ms)
+            .arg(stamp.0.saturating_add(window_us))
+            .arg(codec::encode_tombstone());
+        matches!(self.call_script::<i64>(&inv).await, Ok(1))
     }
 
     /// Stores `value` unless the key exists (`SET NX`), and only while
@@ -258,12 +329,22 @@ impl L2 {
         hashes: &[KeyHash],
         ttl: Duration,
     ) -> Result<(), L2Error> {
+        let keys: Vec<String> = hashes.iter().map(|h| self.entry_key(h)).collect();
+        self.tombstone_keys(&keys, ttl).await
+    }
+
+    /// Tombstones Redis keys (entries or owner lists) in one round trip.
+    pub(crate) async fn tombstone_keys(
+        &self,
+        keys: &[String],
+        ttl: Duration,
+    ) -> Result<(), L2Error> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let tomb = codec::encode_tombstone();
         let mut pipe = redis::pipe();
-        for hash in hashes {
+        for key in keys {
             pipe.cmd("SET")
-                .arg(self.entry_key(hash))
+                .arg(key)
                 .arg(&tomb)
                 .arg("PX")
                 .arg(ms)

@@ -46,6 +46,45 @@
 //! assert!(requests.labels[0].values.contains(&"unknown"));
 //! ```
 //!
+//! # Owner key lists
+//!
+//! [`ApiKeyCache::list_owner_keys`] answers "which keys does this owner
+//! have?" (an [`OwnerKey`] summary per key: id, scopes, status, expiry; no
+//! hash, no plaintext) from a cache of its own: a small L1 (bounded by the
+//! key summaries it holds, entries fresh for `l1_ttl`), then Redis
+//! (`{prefix}owner-keys:{owner}`, at most `min(l2_ttl, tombstone_ttl / 2)`),
+//! then the store; `database_only` asks the store every time, and a store
+//! error is an error, never an empty list.
+//!
+//! Every invalidation drops the lists it concerns: `invalidate` and
+//! `invalidate_key_id` the lists holding the key, `invalidate_owner` the
+//! owner's list. Issuing a key changes no cached key, so **hosts call
+//! [`ApiKeyCache::invalidate_owner_list`] after `KeyAdmin::create_key`**.
+//! "At once" means: on the invalidating instance, from the moment the call
+//! is made; for every instance reading Redis, once the returned future has
+//! resolved `Ok`; in other instances' L1, when the event arrives (the
+//! bound a key revocation has, milliseconds). A list read from the store
+//! before an invalidation is never written back afterwards, in either tier
+//! (`owner_list.rs` explains how).
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use apikey_cache::{ApiKeyCache, CacheConfig, KeyAdmin, KeyStatus, MemoryStore, NewKey};
+//!
+//! let store = Arc::new(MemoryStore::new());
+//! let cache = ApiKeyCache::new(CacheConfig::default(), store.clone())?;
+//! let issued = store.create_key(cache.hasher(), NewKey::new("acme", ["a"])).await?;
+//! cache.invalidate_owner_list("acme").await?; // after every create_key
+//! let listed = cache.list_owner_keys("acme").await?;
+//! assert_eq!((listed.len(), listed[0].status), (1, KeyStatus::Active));
+//! store.revoke_key(&issued.record.id).await?;
+//! cache.invalidate(&issued.record.hash).await?; // drops the list too
+//! assert_eq!(cache.list_owner_keys("acme").await?[0].status, KeyStatus::Revoked);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
 //! # Layout
 //!
 //! * `extract.rs`: finding the key in request headers; early rejections.
@@ -60,6 +99,8 @@
 //!   web adapters.
 //! * `l1.rs`, `l2.rs`, `codec.rs`, `breaker.rs`, `flight.rs`: the tiers, the
 //!   Redis value format, the Redis circuit breaker, single flight.
+//! * `owner_list.rs`: the owner key-list cache ([`OwnerKey`]), its tiers
+//!   and how invalidations reach it.
 //! * `invalidation/`: invalidating keys, key ids and owners on every
 //!   instance (`mod.rs`), delivering it to Redis whatever happens to the
 //!   caller (`delivery.rs`), and what this instance distrusts in Redis
@@ -138,6 +179,7 @@ mod l2;
 mod limits;
 mod mode;
 mod outcome;
+mod owner_list;
 mod record;
 mod scope;
 mod stats;
@@ -157,11 +199,13 @@ pub use extract::{
 };
 pub use hash::{generate_api_key, KeyGenError, KeyHash, KeyHasher, KEY_PREFIX};
 pub use health::{
-    HealthReport, HealthStatus, InvalidationHealth, L1Health, L2Health, StoreHealth, UsageHealth,
+    HealthReport, HealthStatus, InvalidationHealth, L1Health, L2Health, OwnerListsHealth,
+    StoreHealth, UsageHealth,
 };
 pub use invalidation::InvalidateError;
 pub use limits::RateLimitInfo;
 pub use outcome::{GrpcRejection, Outcome, Rejection, VerifiedKey};
+pub use owner_list::OwnerKey;
 pub use record::{KeyId, KeyRecord, KeyStatus, RateLimit, RateLimitError, UnknownStatus};
 pub use scope::{RequiredScopes, Scopes};
 pub use stats::CacheStats;

@@ -53,6 +53,7 @@ async fn status_rules() {
         "l2",
         "store",
         "invalidation",
+        "owner_lists",
         "checked_at",
     ] {
         assert!(json.get(field).is_some(), "missing {field}: {json}");

@@ -31,6 +31,8 @@ pub(super) enum Job {
     /// store could not list the keys): repeated while the listing fails,
     /// often enough to keep the other instances' holds alive.
     Owner(String, Option<tokio::time::Instant>),
+    /// An owner's key list (a key was issued).
+    OwnerList(String),
 }
 
 impl Job {
@@ -39,6 +41,7 @@ impl Job {
             Self::Keys(hashes) => hashes.iter().map(|h| Target::Hash(*h)).collect(),
             Self::KeyId(id) => vec![Target::Id(id.clone())],
             Self::Owner(o, _) => vec![Target::Owner(o.clone())],
+            Self::OwnerList(o) => vec![Target::List(o.clone())],
         }
     }
 }
@@ -106,6 +109,7 @@ impl ApiKeyCache {
             }
             Job::KeyId(id) => self.invalidate_id_local(id, "local"),
             Job::Owner(owner, _) => self.invalidate_owner_local(owner, "local"),
+            Job::OwnerList(owner) => self.invalidate_owner_list_local(owner),
         }
         let task = remote.then(|| {
             let this = self.clone();
@@ -162,7 +166,13 @@ impl ApiKeyCache {
                     None => Ok(()),
                 }
             }
+            Job::OwnerList(owner) => {
+                self.tombstone_owner_list(owner).await?;
+                self.publish(Action::List { o: owner.clone() }).await
+            }
             Job::Owner(owner, announced) => {
+                // The owner's key list first: it needs Redis only.
+                self.tombstone_owner_list(owner).await?;
                 let listed = tokio::time::timeout(budget, inner.store.list_by_owner(owner))
                     .await
                     .map_err(|_| StoreError::Timeout)
@@ -221,6 +231,16 @@ impl ApiKeyCache {
         }
     }
 
+    /// Tombstones `owner`'s key list in Redis (`owner_list.rs`).
+    async fn tombstone_owner_list(&self, owner: &str) -> Result<(), InvalidateError> {
+        let Some(l2) = &self.inner.l2 else {
+            return Ok(());
+        };
+        l2.tombstone_keys(&[l2.owner_list_key(owner)], self.inner.config.tombstone_ttl)
+            .await
+            .map_err(|e| InvalidateError::Redis(e.to_string()))
+    }
+
     async fn publish(&self, action: Action) -> Result<(), InvalidateError> {
         let Some(l2) = &self.inner.l2 else {
             return Ok(());
@@ -239,6 +259,7 @@ impl ApiKeyCache {
     fn landed(&self, job: &Job) {
         let inv = &self.inner.invalidations;
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        self.inner.owner_lists.bump();
         inv.guard.release(&job.targets());
         inv.open.fetch_sub(1, Ordering::SeqCst);
     }

@@ -32,6 +32,9 @@ pub(crate) enum Target {
     Hash(KeyHash),
     Id(KeyId),
     Owner(String),
+    /// An owner's key list only (a key was issued): the owner's keys
+    /// themselves are not affected.
+    List(String),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -53,11 +56,12 @@ struct Holds {
     hashes: HashMap<KeyHash, Hold>,
     ids: HashMap<KeyId, Hold>,
     owners: HashMap<String, Hold>,
+    lists: HashMap<String, Hold>,
 }
 
 impl Holds {
     fn len(&self) -> usize {
-        self.hashes.len() + self.ids.len() + self.owners.len()
+        self.hashes.len() + self.ids.len() + self.owners.len() + self.lists.len()
     }
 
     fn update(&mut self, target: &Target, f: impl FnOnce(&mut Hold)) {
@@ -73,6 +77,7 @@ impl Holds {
             Target::Hash(h) => at(&mut self.hashes, h, f),
             Target::Id(i) => at(&mut self.ids, i, f),
             Target::Owner(o) => at(&mut self.owners, o, f),
+            Target::List(o) => at(&mut self.lists, o, f),
         }
     }
 
@@ -80,6 +85,7 @@ impl Holds {
         self.hashes.retain(|_, h| h.live(now));
         self.ids.retain(|_, h| h.live(now));
         self.owners.retain(|_, h| h.live(now));
+        self.lists.retain(|_, h| h.live(now));
     }
 }
 
@@ -156,6 +162,28 @@ impl Guard {
                 || held(holds.owners.get(record.owner.as_str()))
         })
     }
+
+    /// Whether a key list of `owner` that Redis returned must not be
+    /// trusted now: the owner or its list is held, or one of the listed
+    /// keys (`(hash, id)` pairs) is.
+    pub(crate) fn distrusts_list<'a>(
+        &self,
+        owner: &str,
+        keys: impl IntoIterator<Item = (&'a KeyHash, &'a KeyId)>,
+    ) -> bool {
+        if self.live.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        self.with(|holds| {
+            let held = |h: Option<&Hold>| h.is_some_and(|h| h.live(now));
+            held(holds.owners.get(owner))
+                || held(holds.lists.get(owner))
+                || keys
+                    .into_iter()
+                    .any(|(hash, id)| held(holds.hashes.get(hash)) || held(holds.ids.get(id)))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +228,34 @@ mod tests {
         g.hold(&[Target::Owner("beta".into())]);
         assert!(g.distrusts(&b));
         assert!(!g.distrusts(&a));
+    }
+
+    #[test]
+    fn lists_are_distrusted_by_owner_list_hash_or_id() {
+        let g = Guard::default();
+        let a = record(1, "acme");
+        let b = record(2, "acme");
+        let keys = |r: &KeyRecord| vec![(r.hash, r.id.clone())];
+        let list = |g: &Guard, owner: &str, keys: &[(KeyHash, KeyId)]| {
+            g.distrusts_list(owner, keys.iter().map(|(h, i)| (h, i)))
+        };
+        assert!(!list(&g, "acme", &keys(&a)));
+        let t = [Target::List("acme".into())];
+        g.hold(&t);
+        assert!(list(&g, "acme", &[]), "the list itself is held");
+        assert!(!list(&g, "beta", &[]));
+        assert!(!g.distrusts(&a), "a list hold is not a key hold");
+        g.release(&t);
+        g.hold(&[Target::Hash(a.hash)]);
+        assert!(list(&g, "acme", &keys(&a)));
+        assert!(!list(&g, "acme", &keys(&b)));
+        g.release(&[Target::Hash(a.hash)]);
+        g.hold(&[Target::Id(b.id.clone())]);
+        assert!(list(&g, "acme", &keys(&b)));
+        assert!(!list(&g, "acme", &keys(&a)));
+        g.release(&[Target::Id(b.id.clone())]);
+        g.hold(&[Target::Owner("acme".into())]);
+        assert!(list(&g, "acme", &[]));
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,6 +50,10 @@ impl ApiKeyCache {
     /// once, Redis (a tombstone that blocks refills for `tombstone_ttl`),
     /// then every other instance's L1 through a pub/sub event.
     ///
+    /// Cached owner key lists that hold the key are dropped too (see
+    /// [`list_owner_keys`](Self::list_owner_keys)); the owner need not be
+    /// known.
+    ///
     /// Call it after changing a key in the store. This instance refuses the
     /// key from the moment of the call, even if the returned future is
     /// dropped: the Redis part runs in a task of its own, and on `Err` it is
@@ -79,7 +83,8 @@ impl ApiKeyCache {
     /// [`invalidate`](Self::invalidate) by key id. This instance drops every
     /// L1 entry with that id at once (a scan of L1); the store is asked for
     /// the key's hash to tombstone it in Redis. Unknown ids are not an
-    /// error: there is nothing to drop.
+    /// error: there is nothing to drop. Cached owner key lists that hold the
+    /// key are dropped too.
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -112,6 +117,9 @@ impl ApiKeyCache {
     /// `tombstone_ttl`), and listing is retried, with the event repeated,
     /// until the tombstones land.
     ///
+    /// The owner's key list ([`list_owner_keys`](Self::list_owner_keys)) is
+    /// dropped on every instance and tombstoned in Redis too.
+    ///
     /// Revoke the keys in the store first (e.g. `KeyAdmin::revoke_owner`).
     ///
     /// ```
@@ -135,6 +143,39 @@ impl ApiKeyCache {
         self.start(Job::Owner(owner.to_owned(), None))
     }
 
+    /// Drops `owner`'s key list (see
+    /// [`list_owner_keys`](Self::list_owner_keys)) from every tier on every
+    /// instance: this instance's L1 at once, Redis (a tombstone that blocks
+    /// refills for `tombstone_ttl`), then every other instance's L1 through
+    /// a pub/sub event. The owner's keys themselves stay cached.
+    ///
+    /// **Call it after issuing a key** (`KeyAdmin::create_key`): a new key
+    /// changes no cached key, so nothing else tells the lists. Revocations
+    /// and other changes go through [`invalidate`](Self::invalidate),
+    /// [`invalidate_key_id`](Self::invalidate_key_id) or
+    /// [`invalidate_owner`](Self::invalidate_owner), which drop the lists
+    /// holding the key themselves. Cancel-safe and retried like them.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use apikey_cache::{ApiKeyCache, CacheConfig, KeyAdmin, MemoryStore, NewKey};
+    ///
+    /// let store = Arc::new(MemoryStore::new());
+    /// let cache = ApiKeyCache::new(CacheConfig::default(), store.clone()).unwrap();
+    /// assert!(cache.list_owner_keys("acme").await.unwrap().is_empty());
+    /// store.create_key(cache.hasher(), NewKey::new("acme", ["a"])).await.unwrap();
+    /// cache.invalidate_owner_list("acme").await.unwrap();
+    /// assert_eq!(cache.list_owner_keys("acme").await.unwrap().len(), 1);
+    /// # });
+    /// ```
+    pub fn invalidate_owner_list(
+        &self,
+        owner: &str,
+    ) -> impl std::future::Future<Output = Result<(), InvalidateError>> + Send + 'static {
+        self.start(Job::OwnerList(owner.to_owned()))
+    }
+
     /// Invalidations started on this instance whose Redis part has not
     /// landed yet (running, or waiting to be retried). While it is above
     /// zero, some instances may still serve a key this one refuses.
@@ -148,6 +189,7 @@ impl ApiKeyCache {
             self.inner.flights.forget(hash);
             l1.remove(hash);
         });
+        self.inner.owner_lists.drop_hash(hash);
         self.count_invalidation(source);
     }
 
@@ -160,6 +202,7 @@ impl ApiKeyCache {
             self.inner.flights.forget_all();
             l1.remove_if(|entry| entry.record().is_some_and(|r| r.owner == owner))
         });
+        self.inner.owner_lists.drop_owner(owner);
         tracing::info!(owner, dropped, source, "owner invalidated");
         self.count_invalidation(source);
     }
@@ -171,7 +214,13 @@ impl ApiKeyCache {
             self.inner.flights.forget_all();
             l1.remove_if(|entry| entry.record().is_some_and(|r| r.id == *id));
         });
+        self.inner.owner_lists.drop_id(id);
         self.count_invalidation(source);
+    }
+
+    /// Drops `owner`'s key list on this instance.
+    pub(crate) fn invalidate_owner_list_local(&self, owner: &str) {
+        self.inner.owner_lists.drop_owner(owner);
     }
 
     /// Empties this instance's L1.
@@ -180,6 +229,7 @@ impl ApiKeyCache {
             self.inner.flights.forget_all();
             l1.clear();
         });
+        self.inner.owner_lists.clear();
     }
 
     /// The subscriber (re)connected: events may have been missed.

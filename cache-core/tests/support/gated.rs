@@ -77,13 +77,15 @@ impl Gate {
     }
 }
 
-/// Gates: `by_hash` after the read (the answer is already the old one),
-/// the others before it.
+/// Gates: `by_hash` and `listed` after the read (the answer is already the
+/// old one), the others before it. `listing` and `listed` both gate
+/// `list_by_owner`.
 pub struct GatedStore {
     pub inner: Arc<dyn KeyStore>,
     pub by_hash: Gate,
     pub by_id: Gate,
     pub listing: Gate,
+    pub listed: Gate,
     pub usage: Gate,
 }
 
@@ -94,6 +96,7 @@ impl GatedStore {
             by_hash: Gate::default(),
             by_id: Gate::default(),
             listing: Gate::default(),
+            listed: Gate::default(),
             usage: Gate::default(),
         })
     }
@@ -112,7 +115,9 @@ impl KeyStore for GatedStore {
     }
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
         self.listing.pass().await?;
-        self.inner.list_by_owner(owner).await
+        let listed = self.inner.list_by_owner(owner).await;
+        self.listed.pass().await?;
+        listed
     }
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         self.usage.pass().await?;

@@ -143,6 +143,14 @@ async fn revoke_owner(
     Ok(HttpResponse::Ok().json(revoked))
 }
 
+async fn list_owner_keys(
+    demo: web::Data<Demo>,
+    owner: Result<web::Path<String>, actix_web::Error>,
+) -> Answer {
+    let keys = demo.admin.list_owner_keys(&path(owner)?).await?;
+    Ok(HttpResponse::Ok().json(keys))
+}
+
 async fn rotate_key(
     demo: web::Data<Demo>,
     key_id: Result<web::Path<String>, actix_web::Error>,
@@ -289,6 +297,11 @@ fn configure(demo: &Demo) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
             )))
             .service(web::resource("/admin/owners/{owner}/revoke").route(keyed(
                 web::post().to(revoke_owner),
+                demo,
+                &["admin"],
+            )))
+            .service(web::resource("/admin/owners/{owner}/keys").route(keyed(
+                web::get().to(list_owner_keys),
                 demo,
                 &["admin"],
             )))

@@ -141,6 +141,13 @@ async fn revoke_owner(
     Ok(Json(demo.admin.revoke_owner(&path(owner)?).await?))
 }
 
+async fn list_owner_keys(
+    State(demo): State<Demo>,
+    owner: Result<Path<String>, PathRejection>,
+) -> Answer<impl IntoResponse> {
+    Ok(Json(demo.admin.list_owner_keys(&path(owner)?).await?))
+}
+
 async fn rotate_key(
     State(demo): State<Demo>,
     key_id: Result<Path<String>, PathRejection>,
@@ -197,6 +204,7 @@ fn app(demo: Demo) -> Router {
         .route("/admin/keys/{key_id}", get(key_details).delete(revoke_key))
         .route("/admin/keys/{key_id}/rotate", post(rotate_key))
         .route("/admin/owners/{owner}/revoke", post(revoke_owner))
+        .route("/admin/owners/{owner}/keys", get(list_owner_keys))
         .route("/admin/cache/mode", put(set_mode))
         .route_layer(ApiKeyLayer::new(cache.clone()).require(["admin"]));
 

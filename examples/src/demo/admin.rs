@@ -32,6 +32,15 @@
 //!   plaintext exists only in this answer.
 //! * `fleet: true` without Redis is a 409 `fleet_mode_unavailable`; with
 //!   Redis down it is a 503 `fleet_mode_failed`.
+//! * Every issued key (`POST /admin/keys`, and the new key of a rotation)
+//!   invalidates its owner's key list
+//!   ([`ApiKeyCache::invalidate_owner_list`]); revocations and rotations
+//!   drop the list through the key and owner invalidations they make
+//!   anyway. If the list's invalidation cannot reach Redis the answer is
+//!   still 201 (the key exists and its plaintext is only in this answer):
+//!   this instance's list is right at once, the cache retries the rest in
+//!   the background, and other instances' lists may miss the new key until
+//!   it lands. A stale list never lets a key in: it is an admin read.
 
 use std::sync::Arc;
 
@@ -40,7 +49,7 @@ use time::OffsetDateTime;
 
 use super::contract::{
     validate_owner, ApiError, CreateKeyRequest, CreatedKeyResponse, KeyDetailsResponse,
-    ModeResponse, RevokedResponse, RotateRequest, SetModeRequest, MAX_GRACE_SECS,
+    ModeResponse, OwnerKeyResponse, RevokedResponse, RotateRequest, SetModeRequest, MAX_GRACE_SECS,
 };
 
 /// The cache and the store's admin side, shared by every admin handler.
@@ -101,6 +110,17 @@ impl Admin {
             key = %created.record.hash.fingerprint(),
             "key issued"
         );
+        if let Err(e) = self
+            .cache
+            .invalidate_owner_list(&created.record.owner)
+            .await
+        {
+            tracing::warn!(
+                owner = %created.record.owner,
+                error = %e,
+                "the owner's key list could not be invalidated in redis; retrying in the background"
+            );
+        }
         Ok(CreatedKeyResponse {
             key_id: created.record.id.to_string(),
             key: created.plaintext,
@@ -166,6 +186,40 @@ impl Admin {
         Ok(RevokedResponse {
             revoked: revoked.len(),
         })
+    }
+
+    /// `GET /admin/owners/{owner}/keys`: the owner's keys from the owner
+    /// key-list cache ([`ApiKeyCache::list_owner_keys`]), in key id order.
+    /// The owner is checked like the body's `owner` (400); a store failure
+    /// with nothing cached is a 503, never an empty list.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use apikey_cache::{ApiKeyCache, CacheConfig, MemoryStore};
+    /// use apikey_cache_examples::demo::admin::Admin;
+    /// use apikey_cache_examples::demo::contract::{parse_json, CreateKeyRequest};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = Arc::new(MemoryStore::new());
+    /// let admin = Admin::new(ApiKeyCache::new(CacheConfig::default(), store.clone()).unwrap(), store);
+    /// assert!(admin.list_owner_keys("acme").await.unwrap().is_empty());
+    /// let req: CreateKeyRequest = parse_json(br#"{"owner": "acme", "scopes": ["a"]}"#).unwrap();
+    /// let created = admin.create_key(req).await.unwrap();
+    /// let listed = admin.list_owner_keys("acme").await.unwrap();
+    /// assert_eq!((listed[0].key_id.as_str(), listed[0].status.as_str()), (created.key_id.as_str(), "active"));
+    /// admin.revoke_key(&created.key_id).await.unwrap();
+    /// assert_eq!(admin.list_owner_keys("acme").await.unwrap()[0].status, "revoked");
+    /// assert_eq!(admin.list_owner_keys("acme\0corp").await.unwrap_err().status(), 400);
+    /// # });
+    /// ```
+    pub async fn list_owner_keys(&self, owner: &str) -> Result<Vec<OwnerKeyResponse>, ApiError> {
+        validate_owner(owner)?;
+        let keys = self
+            .cache
+            .list_owner_keys(owner)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        Ok(keys.into_iter().map(OwnerKeyResponse::from).collect())
     }
 
     /// `POST /admin/keys/{key_id}/rotate`.

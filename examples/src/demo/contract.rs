@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use apikey_cache::{KeyDetails, KeyRecord, Mode, NewKey, RateLimit};
+use apikey_cache::{KeyDetails, KeyRecord, Mode, NewKey, OwnerKey, RateLimit};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -338,6 +338,47 @@ impl From<&KeyRecord> for WhoamiResponse {
             key_id: r.id.to_string(),
             owner: r.owner.clone(),
             scopes: r.scopes.as_slice().to_vec(),
+        }
+    }
+}
+
+/// One item of `GET /admin/owners/{owner}/keys`: a key of the owner as the
+/// owner key-list cache has it (no hash, no plaintext).
+///
+/// ```
+/// use apikey_cache::{KeyHasher, KeyId, KeyRecord, OwnerKey, Scopes};
+/// use apikey_cache_examples::demo::contract::OwnerKeyResponse;
+///
+/// let hash = KeyHasher::new(None).hash(b"ak_example");
+/// let record = KeyRecord::new(KeyId::from("key_1"), hash, "acme", Scopes::new(["a"]));
+/// let item = OwnerKeyResponse::from(OwnerKey::from(&record));
+/// assert_eq!(
+///     serde_json::to_value(&item).unwrap(),
+///     serde_json::json!({"key_id": "key_1", "scopes": ["a"], "status": "active", "expires_at": null})
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct OwnerKeyResponse {
+    /// Id.
+    pub key_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// `active`, `revoked` or `disabled` (an expired key stays `active`:
+    /// see `expires_at`).
+    pub status: String,
+    /// Expiry (RFC 3339) or `null`.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl From<OwnerKey> for OwnerKeyResponse {
+    fn from(k: OwnerKey) -> Self {
+        Self {
+            key_id: k.key_id.to_string(),
+            scopes: k.scopes.as_slice().to_vec(),
+            status: k.status.as_str().to_owned(),
+            expires_at: k.expires_at,
         }
     }
 }

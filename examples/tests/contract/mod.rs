@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod lifecycle;
 pub mod metrics;
 pub mod operations;
+pub mod owner_lists;
 
 /// One `#[tokio::test]` per check, each run against the binary `$bin`
 /// (e.g. `env!("CARGO_BIN_EXE_axum-demo")`); the fleet check runs two
@@ -34,6 +35,7 @@ macro_rules! contract_suite {
             operations::store_outage_health_and_unknown_keys,
             operations::settings_from_the_environment,
             metrics::metrics_exposition,
+            owner_lists::owner_key_list,
         );
 
         #[tokio::test]

@@ -63,6 +63,7 @@ pub async fn mode_health_metrics_and_request_ids(bin: &str) {
             "usage",
             &["pending_keys", "pending_increments", "flush_errors"][..],
         ),
+        ("owner_lists", &["entries"][..]),
     ] {
         for field in fields {
             assert!(
