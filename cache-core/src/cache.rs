@@ -123,6 +123,8 @@ pub(crate) struct Inner {
     pub(crate) shutting_down: AtomicBool,
     /// Invalidations under way on this instance, and what they hold.
     pub(crate) invalidations: crate::invalidation::Invalidations,
+    /// Audit events' rate limits (shared with the Redis breaker).
+    pub(crate) audit: Arc<crate::audit::Audit>,
 }
 
 /// Verifies API keys through an in-process cache, Redis and the store.
@@ -190,8 +192,13 @@ impl ApiKeyCacheBuilder {
         self.config = self.config.validate()?;
         let c = &self.config;
         let l1 = L1::new(c.l1_capacity, c.l1_ttl, c.negative_ttl, c.stale_if_error);
+        // No runtime, no background task to refill the audit budgets.
+        let audit = Arc::new(crate::audit::Audit::new(
+            self.clock.clone(),
+            tokio::runtime::Handle::try_current().is_err(),
+        ));
         let l2 = match &c.redis_url {
-            Some(url) => Some(L2::new(url, c)?),
+            Some(url) => Some(L2::new(url, c, audit.clone())?),
             None => None,
         };
         let hasher = KeyHasher::new(c.pepper.as_deref().map(str::as_bytes));
@@ -220,6 +227,7 @@ impl ApiKeyCacheBuilder {
                 shutting_down: AtomicBool::new(false),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 invalidations: Default::default(),
+                audit,
             }),
         };
         crate::telemetry::describe_once();
@@ -233,6 +241,7 @@ impl ApiKeyCacheBuilder {
                 Arc::downgrade(&cache.inner),
                 sweep_interval(&cache.inner.config),
             ));
+            tokio::spawn(crate::audit::ticker(Arc::downgrade(&cache.inner.audit)));
         }
         if let Some(l2) = &cache.inner.l2 {
             tokio::spawn(crate::invalidation::retrier(Arc::downgrade(&cache.inner)));

@@ -96,7 +96,7 @@ impl ApiKeyCache {
                 self.invalidate_owner_local(&o, "remote");
             }
             Action::Mode { m } => match m.parse::<Mode>() {
-                Ok(mode) => self.apply_fleet_mode(mode),
+                Ok(mode) => self.apply_fleet_mode(mode, "remote"),
                 Err(_) => {
                     self.inner.events.bad.fetch_add(1, Ordering::Relaxed);
                 }
