@@ -11,6 +11,7 @@
 #![allow(dead_code, unreachable_pub, unused_macros, clippy::unwrap_used)]
 
 pub mod access;
+pub mod audit;
 pub mod fleet;
 pub mod lifecycle;
 pub mod metrics;
@@ -34,6 +35,7 @@ macro_rules! contract_suite {
             operations::store_outage_health_and_unknown_keys,
             operations::settings_from_the_environment,
             metrics::metrics_exposition,
+            audit::audit_events_in_the_log,
         );
 
         #[tokio::test]
