@@ -108,6 +108,15 @@
 //! middleware wrapped outside this one (`Logger`, CORS) sees it like any
 //! other response.
 //!
+//! # Audit events
+//!
+//! Every refused request is reported through the core's
+//! [`ApiKeyCache::audit_auth_failed`](apikey_cache::ApiKeyCache::audit_auth_failed):
+//! an `auth_failed` event on the `apikey_cache::audit` target with the
+//! outcome, the key's fingerprint, the method, the path (no query string)
+//! and the peer address (`ServiceRequest::peer_addr`), rate-limited by the
+//! core (see [`apikey_cache::audit`]). Valid requests write nothing.
+//!
 //! # The hot path
 //!
 //! A key held by the in-process cache is answered synchronously inside

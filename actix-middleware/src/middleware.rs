@@ -42,6 +42,7 @@ use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Tr
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{Error, HttpMessage, HttpResponse};
+use apikey_cache::audit::RequestInfo;
 use apikey_cache::{ApiKeyCache, Outcome, Rejection, RequiredScopes};
 use pin_project_lite::pin_project;
 
@@ -217,13 +218,17 @@ where
                 req.extensions_mut().insert(key);
                 ResponseFuture::inner(self.service.call(req))
             }
-            Ok(rejected) => ResponseFuture::rejected(req, &rejected),
+            Ok(rejected) => {
+                audit_rejection(&self.cache, &rejected, &req);
+                ResponseFuture::rejected(req, &rejected)
+            }
             // A miss (or a key whose rate limit or quota needs a look): the
             // core's boxed load, then the inner service.
             Err(hash) => ResponseFuture::verifying(
                 self.cache.verify_owned(hash, self.required.clone()),
                 Rc::clone(&self.service),
                 req,
+                self.cache.clone(),
             ),
         }
     }
@@ -276,7 +281,8 @@ pin_project! {
         },
         Verifying {
             verify: Verify,
-            pending: Option<(Rc<S>, ServiceRequest)>,
+            // The cache is for the audit event of a refusal.
+            pending: Option<(Rc<S>, ServiceRequest, ApiKeyCache)>,
         },
         Rejected {
             response: Option<ServiceResponse<EitherBody<B>>>,
@@ -306,11 +312,11 @@ where
         }
     }
 
-    fn verifying(verify: Verify, service: Rc<S>, req: ServiceRequest) -> Self {
+    fn verifying(verify: Verify, service: Rc<S>, req: ServiceRequest, cache: ApiKeyCache) -> Self {
         Self {
             state: State::Verifying {
                 verify,
-                pending: Some((service, req)),
+                pending: Some((service, req, cache)),
             },
         }
     }
@@ -331,7 +337,7 @@ where
                 }
                 StateProj::Verifying { verify, pending } => {
                     let outcome = std::task::ready!(verify.as_mut().poll(cx));
-                    let Some((service, req)) = pending.take() else {
+                    let Some((service, req, cache)) = pending.take() else {
                         // Only gone once this arm has moved on, which the
                         // state change rules out: nothing to answer with.
                         return Poll::Ready(Err(actix_web::error::ErrorInternalServerError(
@@ -346,6 +352,7 @@ where
                             }
                         }
                         rejected => {
+                            audit_rejection(&cache, &rejected, &req);
                             let response = req
                                 .into_response(rejection_response(&rejected))
                                 .map_into_right_body();
@@ -368,6 +375,16 @@ where
             }
         }
     }
+}
+
+/// The `auth_failed` audit event of a refused request (rejection paths
+/// only; the core's rate limit decides whether it is written, and the
+/// route and peer address are read only if it is).
+fn audit_rejection(cache: &ApiKeyCache, outcome: &Outcome, req: &ServiceRequest) {
+    let source = ActixHeaders::from_request(req.request());
+    cache.audit_auth_failed(outcome, &source, || {
+        RequestInfo::new(req.method().as_str(), req.path()).client(req.peer_addr())
+    });
 }
 
 /// The response for a refused request: the core's one table, rendered.

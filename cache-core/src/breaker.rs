@@ -7,6 +7,7 @@
 //! never carry the probe, so none of them waits on a reconnect.
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::Notify;
 
@@ -51,24 +52,38 @@ pub(crate) struct Breaker {
     threshold: u32,
     /// Wakes the prober when the breaker opens.
     pub(crate) opened: Notify,
+    /// Where transitions are reported (`breaker_changed`).
+    audit: Arc<crate::audit::Audit>,
+}
+
+fn state_of(v: u8) -> BreakerState {
+    match v {
+        CLOSED => BreakerState::Closed,
+        OPEN => BreakerState::Open,
+        _ => BreakerState::HalfOpen,
+    }
 }
 
 impl Breaker {
-    pub(crate) fn new(threshold: u32) -> Self {
+    pub(crate) fn new(threshold: u32, audit: Arc<crate::audit::Audit>) -> Self {
         Self {
             state: AtomicU8::new(CLOSED),
             failures: AtomicU32::new(0),
             threshold: threshold.max(1),
             opened: Notify::new(),
+            audit,
         }
     }
 
     pub(crate) fn state(&self) -> BreakerState {
-        match self.state.load(Ordering::Acquire) {
-            CLOSED => BreakerState::Closed,
-            OPEN => BreakerState::Open,
-            _ => BreakerState::HalfOpen,
-        }
+        state_of(self.state.load(Ordering::Acquire))
+    }
+
+    /// Moves to `to`, reporting the transition if it is one.
+    fn set(&self, to: u8) {
+        let from = self.state.swap(to, Ordering::AcqRel);
+        self.audit
+            .breaker_changed(state_of(from), state_of(to), None);
     }
 
     /// Whether a request may call Redis now.
@@ -92,23 +107,23 @@ impl Breaker {
                 .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            tracing::warn!(failures = n, "redis circuit breaker opened");
+            self.audit
+                .breaker_changed(BreakerState::Closed, BreakerState::Open, Some(n));
             self.opened.notify_one();
         }
     }
 
     pub(crate) fn begin_probe(&self) {
-        self.state.store(HALF_OPEN, Ordering::Release);
+        self.set(HALF_OPEN);
     }
 
     pub(crate) fn probe_succeeded(&self) {
         self.failures.store(0, Ordering::Relaxed);
-        self.state.store(CLOSED, Ordering::Release);
-        tracing::info!("redis circuit breaker closed");
+        self.set(CLOSED);
     }
 
     pub(crate) fn probe_failed(&self) {
-        self.state.store(OPEN, Ordering::Release);
+        self.set(OPEN);
     }
 }
 
@@ -118,7 +133,8 @@ mod tests {
 
     #[test]
     fn opens_after_threshold_consecutive_failures() {
-        let b = Breaker::new(3);
+        let clock = Arc::new(crate::SystemClock);
+        let b = Breaker::new(3, Arc::new(crate::audit::Audit::new(clock, false)));
         b.on_failure();
         b.on_failure();
         b.on_success();

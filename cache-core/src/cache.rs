@@ -125,6 +125,8 @@ pub(crate) struct Inner {
     pub(crate) invalidations: crate::invalidation::Invalidations,
     /// The owner key-list cache's L1 (`owner_list.rs`).
     pub(crate) owner_lists: crate::owner_list::OwnerLists,
+    /// Audit events' rate limits (shared with the Redis breaker).
+    pub(crate) audit: Arc<crate::audit::Audit>,
 }
 
 /// Verifies API keys through an in-process cache, Redis and the store.
@@ -192,8 +194,13 @@ impl ApiKeyCacheBuilder {
         self.config = self.config.validate()?;
         let c = &self.config;
         let l1 = L1::new(c.l1_capacity, c.l1_ttl, c.negative_ttl, c.stale_if_error);
+        // No runtime, no background task to refill the audit budgets.
+        let audit = Arc::new(crate::audit::Audit::new(
+            self.clock.clone(),
+            tokio::runtime::Handle::try_current().is_err(),
+        ));
         let l2 = match &c.redis_url {
-            Some(url) => Some(L2::new(url, c)?),
+            Some(url) => Some(L2::new(url, c, audit.clone())?),
             None => None,
         };
         let hasher = KeyHasher::new(c.pepper.as_deref().map(str::as_bytes));
@@ -224,6 +231,7 @@ impl ApiKeyCacheBuilder {
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 invalidations: Default::default(),
                 owner_lists,
+                audit,
             }),
         };
         crate::telemetry::describe_once();
@@ -237,6 +245,7 @@ impl ApiKeyCacheBuilder {
                 Arc::downgrade(&cache.inner),
                 sweep_interval(&cache.inner.config),
             ));
+            tokio::spawn(crate::audit::ticker(Arc::downgrade(&cache.inner.audit)));
         }
         if let Some(l2) = &cache.inner.l2 {
             tokio::spawn(crate::invalidation::retrier(Arc::downgrade(&cache.inner)));

@@ -100,7 +100,7 @@ impl ApiKeyCache {
             }
             Action::List { o } => self.invalidate_owner_list_local(&o),
             Action::Mode { m } => match m.parse::<Mode>() {
-                Ok(mode) => self.apply_fleet_mode(mode),
+                Ok(mode) => self.apply_fleet_mode(mode, "remote"),
                 Err(_) => {
                     self.inner.events.bad.fetch_add(1, Ordering::Relaxed);
                 }

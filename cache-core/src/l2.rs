@@ -105,7 +105,11 @@ return 0
 impl L2 {
     /// Creates the tier without connecting; spawns the breaker's prober.
     /// Must run inside a Tokio runtime.
-    pub(crate) fn new(url: &str, config: &CacheConfig) -> Result<Arc<Self>, redis::RedisError> {
+    pub(crate) fn new(
+        url: &str,
+        config: &CacheConfig,
+        audit: Arc<crate::audit::Audit>,
+    ) -> Result<Arc<Self>, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
@@ -119,7 +123,7 @@ impl L2 {
             timeout: config.redis_timeout,
             probe_timeout: config.redis_connect_timeout + config.redis_timeout,
             cooldown: config.breaker_cooldown,
-            breaker: Breaker::new(config.breaker_threshold),
+            breaker: Breaker::new(config.breaker_threshold, audit),
             stats: L2Stats::default(),
             read_script: redis::Script::new(READ),
             fill_script: redis::Script::new(FILL),

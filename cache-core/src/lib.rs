@@ -85,6 +85,14 @@
 //! # }).unwrap();
 //! ```
 //!
+//! # Audit events
+//!
+//! Refused requests (from the web adapters), invalidations, resyncs, mode
+//! changes and breaker transitions are `tracing` events on the target
+//! `apikey_cache::audit`, with their details as fields, rate-limited per
+//! kind and never with a plaintext key: see [`audit`] for every event, its
+//! fields and the rate limit.
+//!
 //! # Layout
 //!
 //! * `extract.rs`: finding the key in request headers; early rejections.
@@ -111,6 +119,9 @@
 //! * `usage/`: usage counters (`mod.rs`), the month each count belongs to
 //!   (`months.rs`), their exactly-once flushes to the store and Redis
 //!   (`flush.rs`). `limits.rs`: GCRA rate limits and monthly quotas.
+//! * [`audit`]: audit events (refused requests, invalidations, resyncs,
+//!   mode changes, breaker transitions) on the `apikey_cache::audit`
+//!   target, rate-limited per kind.
 //! * `health.rs`, [`telemetry`], `stats.rs`: the `/health/cache` report,
 //!   Prometheus metrics through the `metrics` facade (their names and
 //!   descriptions), counters.
@@ -163,6 +174,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod audit;
 mod breaker;
 mod cache;
 mod clock;

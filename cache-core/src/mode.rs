@@ -58,10 +58,11 @@ impl ApiKeyCache {
     /// ```
     pub fn set_mode(&self, mode: Mode) {
         let before = self.mode();
-        self.inner
+        let old = self
+            .inner
             .local_mode
-            .store(mode_to_u8(mode), Ordering::Release);
-        self.mode_changed(before);
+            .swap(mode_to_u8(mode), Ordering::AcqRel);
+        self.mode_changed(before, ("local", mode_from_u8(old), mode, "local"));
     }
 
     /// Switches the mode of every instance sharing this Redis (and key
@@ -77,7 +78,7 @@ impl ApiKeyCache {
         l2.set_string(&events::mode_key(prefix), mode.as_str())
             .await
             .map_err(redis_err)?;
-        self.apply_fleet_mode(mode);
+        self.apply_fleet_mode(mode, "local");
         let event = events::encode(
             &self.inner.instance_id,
             Action::Mode {
@@ -89,12 +90,15 @@ impl ApiKeyCache {
             .map_err(redis_err)
     }
 
-    pub(crate) fn apply_fleet_mode(&self, mode: Mode) {
+    /// Applies the fleet-wide mode; `source` says where it came from
+    /// (`local`: this instance's API; `remote`: an event or Redis's key).
+    pub(crate) fn apply_fleet_mode(&self, mode: Mode, source: &'static str) {
         let before = self.mode();
-        self.inner
+        let old = self
+            .inner
             .fleet_mode
-            .store(mode_to_u8(mode), Ordering::Release);
-        self.mode_changed(before);
+            .swap(mode_to_u8(mode), Ordering::AcqRel);
+        self.mode_changed(before, ("fleet", mode_from_u8(old), mode, source));
     }
 
     /// Reads the fleet mode from Redis (on every (re)subscription), outside
@@ -109,10 +113,10 @@ impl ApiKeyCache {
         let key = events::mode_key(&self.inner.config.key_prefix);
         match l2.get_string_unguarded(&key).await {
             Ok(Some(m)) => match m.parse::<Mode>() {
-                Ok(mode) => self.apply_fleet_mode(mode),
+                Ok(mode) => self.apply_fleet_mode(mode, "remote"),
                 Err(_) => tracing::warn!(value = %m, "unknown fleet mode in redis ignored"),
             },
-            Ok(None) => self.apply_fleet_mode(Mode::Normal),
+            Ok(None) => self.apply_fleet_mode(Mode::Normal, "remote"),
             Err(e) => {
                 tracing::warn!(error = %e, "fleet mode not readable; retrying");
                 return false;
@@ -121,16 +125,21 @@ impl ApiKeyCache {
         true
     }
 
-    fn mode_changed(&self, before: Mode) {
+    /// After a mode setting changed: `setting` is its scope (`local` or
+    /// `fleet`), old and new value, and where the change came from. Audits
+    /// a change of the setting; clears L1 when the effective mode returns
+    /// to normal.
+    fn mode_changed(&self, before: Mode, setting: (&'static str, Mode, Mode, &'static str)) {
         let after = self.mode();
+        let (scope, old, new, source) = setting;
+        if old != new {
+            self.inner
+                .audit
+                .mode_changed(scope, old, new, after, source);
+        }
         if before == after {
             return;
         }
-        tracing::warn!(
-            from = before.as_str(),
-            to = after.as_str(),
-            "apikey cache mode changed"
-        );
         if after == Mode::Normal {
             self.clear_local();
         }

@@ -237,6 +237,23 @@ impl Outcome {
         })
     }
 
+    /// The stable `error` code a rejection answers with (e.g.
+    /// `revoked_api_key`); `None` when valid.
+    ///
+    /// ```
+    /// use apikey_cache::Outcome;
+    /// assert_eq!(Outcome::Revoked.error_code(), Some("revoked_api_key"));
+    /// assert_eq!(Outcome::Unknown.error_code(), Some("invalid_api_key"));
+    /// ```
+    pub fn error_code(&self) -> Option<&'static str> {
+        self.status_and_code().map(|(_, code)| code)
+    }
+
+    /// The HTTP status and `error` code of a rejection.
+    pub(crate) fn status_and_code(&self) -> Option<(u16, &'static str)> {
+        self.row().map(|(status, code, _, _)| (status, code))
+    }
+
     /// The HTTP response for a rejected request; `None` when valid.
     pub fn rejection(&self) -> Option<Rejection> {
         let (status, error, message, www) = self.row()?;

@@ -29,12 +29,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use apikey_cache::Outcome;
+use apikey_cache::{ApiKeyCache, Outcome};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::response::{rejection_response, Protocol};
+use crate::service::audit_rejection;
 use crate::ResponseBody;
 
 type Verify = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
@@ -99,6 +100,8 @@ pin_project! {
 struct Pending<S, ReqBody> {
     service: S,
     request: Request<ReqBody>,
+    // For the audit event of a refusal.
+    cache: ApiKeyCache,
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
@@ -121,11 +124,20 @@ where
         }
     }
 
-    pub(crate) fn verifying(verify: Verify, service: S, request: Request<ReqBody>) -> Self {
+    pub(crate) fn verifying(
+        verify: Verify,
+        service: S,
+        request: Request<ReqBody>,
+        cache: ApiKeyCache,
+    ) -> Self {
         Self {
             state: State::Verifying {
                 verify,
-                pending: Some(Box::new(Pending { service, request })),
+                pending: Some(Box::new(Pending {
+                    service,
+                    request,
+                    cache,
+                })),
             },
         }
     }
@@ -152,6 +164,7 @@ where
                             let Pending {
                                 mut service,
                                 mut request,
+                                ..
                             } = *pending;
                             request.extensions_mut().insert(key);
                             State::Inner {
@@ -164,10 +177,16 @@ where
                             outcome: Some(Outcome::Unavailable),
                             protocol: Protocol::Http,
                         },
-                        (rejected, pending) => State::Rejected {
-                            outcome: Some(rejected),
-                            protocol: pending.map_or(Protocol::Http, |p| Protocol::of(&p.request)),
-                        },
+                        (rejected, pending) => {
+                            if let Some(p) = &pending {
+                                audit_rejection(&p.cache, &rejected, &p.request);
+                            }
+                            State::Rejected {
+                                outcome: Some(rejected),
+                                protocol: pending
+                                    .map_or(Protocol::Http, |p| Protocol::of(&p.request)),
+                            }
+                        }
                     };
                     state.set(next);
                 }

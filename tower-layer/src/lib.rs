@@ -74,6 +74,19 @@
 //! A rejection is a response, not an error: the service's `Error` is the
 //! inner service's, so axum's `Router::layer` and `route_layer` take it as is.
 //!
+//! # Audit events
+//!
+//! Every refused request is reported through the core's
+//! [`ApiKeyCache::audit_auth_failed`](apikey_cache::ApiKeyCache::audit_auth_failed):
+//! an `auth_failed` event on the `apikey_cache::audit` target with the
+//! outcome, the key's fingerprint, the method, the path (no query string)
+//! and the client address, rate-limited by the core (see
+//! [`apikey_cache::audit`]). The client address is axum's
+//! `ConnectInfo<SocketAddr>` when the app is served with
+//! `into_make_service_with_connect_info::<SocketAddr>()`, else a bare
+//! `SocketAddr` in the request extensions (insert one from a hyper or
+//! tonic server), else left out. Valid requests write nothing.
+//!
 //! # The hot path
 //!
 //! A key held by the in-process cache is answered synchronously inside

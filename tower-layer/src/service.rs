@@ -26,10 +26,12 @@
 //! # }).unwrap();
 //! ```
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use apikey_cache::{HeaderLookup, HeaderSource, Outcome};
+use apikey_cache::audit::RequestInfo;
+use apikey_cache::{ApiKeyCache, HeaderLookup, HeaderSource, Outcome};
 use http::{Request, Response};
 use tower_service::Service;
 
@@ -156,7 +158,10 @@ where
                 req.extensions_mut().insert(key);
                 ResponseFuture::inner(self.inner.call(req))
             }
-            Ok(rejected) => ResponseFuture::rejected(rejected, Protocol::of(&req)),
+            Ok(rejected) => {
+                audit_rejection(&shared.cache, &rejected, &req);
+                ResponseFuture::rejected(rejected, Protocol::of(&req))
+            }
             Err(hash) => {
                 // The call happens after the load, so take the service that
                 // was driven to readiness and leave a fresh clone for the
@@ -164,15 +169,39 @@ where
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let verify = shared.cache.verify_owned(hash, shared.required.clone());
-                ResponseFuture::verifying(verify, inner, req)
+                ResponseFuture::verifying(verify, inner, req, shared.cache.clone())
             }
         }
     }
 }
 
+/// The `auth_failed` audit event of a refused request (rejection paths
+/// only; the core's rate limit decides whether it is written, and the
+/// route and client are read only if it is).
+pub(crate) fn audit_rejection<B>(cache: &ApiKeyCache, outcome: &Outcome, req: &Request<B>) {
+    cache.audit_auth_failed(outcome, &RequestSource(req), || {
+        RequestInfo::new(req.method().as_str(), req.uri().path()).client(client_addr(req))
+    });
+}
+
+/// The peer address, where the server put it in the request extensions:
+/// axum's `ConnectInfo<SocketAddr>` (served with
+/// `into_make_service_with_connect_info::<SocketAddr>()`; feature `axum`),
+/// or a bare `SocketAddr` (for hyper or tonic servers that insert one).
+pub(crate) fn client_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
+    let extensions = req.extensions();
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(addr)) =
+        extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(*addr);
+    }
+    extensions.get::<SocketAddr>().copied()
+}
+
 /// A request as a key source: headers, and the query string for
 /// `KeySource::Query` (off by default in the core).
-struct RequestSource<'a, B>(&'a Request<B>);
+pub(crate) struct RequestSource<'a, B>(pub(crate) &'a Request<B>);
 
 impl<B> HeaderSource for RequestSource<'_, B> {
     #[inline]

@@ -191,6 +191,7 @@ impl ApiKeyCache {
         });
         self.inner.owner_lists.drop_hash(hash);
         self.count_invalidation(source);
+        self.inner.audit.key_invalidated(Some(hash), None, source);
     }
 
     /// Drops every L1 entry of `owner` on this instance.
@@ -203,8 +204,12 @@ impl ApiKeyCache {
             l1.remove_if(|entry| entry.record().is_some_and(|r| r.owner == owner))
         });
         self.inner.owner_lists.drop_owner(owner);
-        tracing::info!(owner, dropped, source, "owner invalidated");
         self.count_invalidation(source);
+        self.inner.audit.owner_invalidated(
+            owner,
+            u64::try_from(dropped).unwrap_or(u64::MAX),
+            source,
+        );
     }
 
     /// Drops every L1 entry of key `id` on this instance (a scan: the hash
@@ -216,6 +221,7 @@ impl ApiKeyCache {
         });
         self.inner.owner_lists.drop_id(id);
         self.count_invalidation(source);
+        self.inner.audit.key_invalidated(None, Some(id), source);
     }
 
     /// Drops `owner`'s key list on this instance.
@@ -236,8 +242,8 @@ impl ApiKeyCache {
     pub(crate) fn resync(&self, first: bool) {
         self.clear_local();
         if !first {
-            self.inner.events.resyncs.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("invalidation subscriber reconnected; local cache cleared");
+            let resyncs = self.inner.events.resyncs.fetch_add(1, Ordering::Relaxed) + 1;
+            self.inner.audit.resync(resyncs);
         }
     }
 

@@ -1,5 +1,6 @@
 #![allow(dead_code, unreachable_pub)]
 
+pub mod capture;
 pub mod gated;
 pub mod hold_proxy;
 #[cfg(feature = "postgres")]

@@ -266,7 +266,13 @@ async fn serve(demo: Demo, bind: std::net::SocketAddr) -> Result<(), SetupError>
         // An error means the sender is gone: stop as well.
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let server = axum::serve(listener, app(demo)).with_graceful_shutdown(stopped(stop_rx.clone()));
+    // With the peer address in every request (`ConnectInfo`): the client of
+    // the audit events.
+    let server = axum::serve(
+        listener,
+        app(demo).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
     let drain_deadline = async {
         stopped(stop_rx).await;
         tokio::time::sleep(DRAIN_DEADLINE).await;

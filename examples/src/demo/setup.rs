@@ -80,10 +80,15 @@ pub enum SetupError {
     },
 }
 
-/// JSON logs on stdout, filtered by `RUST_LOG` (default `info`).
+/// JSON logs on stdout, filtered by `RUST_LOG` (default `info`), with the
+/// audit events (target `apikey_cache::audit`) at info whatever `RUST_LOG`
+/// says unless it names that target itself (`apikey_cache::audit=off`
+/// silences them): see [`log_directives`]. Each event is one JSON line,
+/// its details under `fields`.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let directives = log_directives(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_directives(None)));
     // `try_init`: a second call (tests) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .json()
@@ -91,6 +96,26 @@ pub fn init_tracing() {
         .with_span_list(false)
         .with_env_filter(filter)
         .try_init();
+}
+
+/// The demos' log filter for a `RUST_LOG` value: its directives (`info`
+/// if unset), plus `apikey_cache::audit=info` unless they name the audit
+/// target. An unparsable value falls back to `log_directives(None)`.
+///
+/// ```
+/// use apikey_cache_examples::demo::setup::log_directives;
+///
+/// assert_eq!(log_directives(None), "info,apikey_cache::audit=info");
+/// assert_eq!(log_directives(Some("warn")), "warn,apikey_cache::audit=info");
+/// assert_eq!(log_directives(Some("warn,apikey_cache::audit=off")), "warn,apikey_cache::audit=off");
+/// ```
+pub fn log_directives(rust_log: Option<&str>) -> String {
+    let base = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    if base.contains(apikey_cache::audit::TARGET) {
+        base.to_owned()
+    } else {
+        format!("{base},{}=info", apikey_cache::audit::TARGET)
+    }
 }
 
 /// The key store behind a URL, both as the admin side and as the cache's
@@ -316,6 +341,8 @@ pub async fn shutdown_signal() {
 /// [`FLUSH_DEADLINE`]) once the server has stopped; the process exit code:
 /// success only if every counted request is durable.
 pub async fn flush_on_exit(cache: &ApiKeyCache) -> ExitCode {
+    // Audit events dropped by the rate limit since the last summary.
+    cache.flush_audit();
     match cache.shutdown(FLUSH_DEADLINE).await {
         Ok(()) => {
             tracing::info!("usage flushed; bye");

@@ -11,6 +11,7 @@
 #![allow(dead_code, unreachable_pub, unused_macros, clippy::unwrap_used)]
 
 pub mod access;
+pub mod audit;
 pub mod fleet;
 pub mod lifecycle;
 pub mod metrics;
@@ -36,6 +37,7 @@ macro_rules! contract_suite {
             operations::settings_from_the_environment,
             metrics::metrics_exposition,
             owner_lists::owner_key_list,
+            audit::audit_events_in_the_log,
         );
 
         #[tokio::test]
