@@ -86,13 +86,15 @@ impl<T: Clone> Leader<T> {
 
     /// Publishes the result to the waiters.
     pub(crate) fn finish(self, value: T) {
+        // Detached before the result exists: a caller that arrives once it
+        // is published starts a load of its own rather than being handed
+        // an answer read before it arrived (say, before a tombstone was
+        // written). Only callers that joined while this load ran share it.
+        self.detach();
         self.slot.send_replace(Some(value));
-        // Drop runs next and detaches the slot.
     }
-}
 
-impl<T: Clone> Drop for Leader<T> {
-    fn drop(&mut self) {
+    fn detach(&self) {
         let mut map = self.flights.lock();
         // Only remove our own slot: after `forget`, a newer leader may own
         // the entry for this hash.
@@ -102,6 +104,12 @@ impl<T: Clone> Drop for Leader<T> {
         {
             map.remove(&self.hash);
         }
+    }
+}
+
+impl<T: Clone> Drop for Leader<T> {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 
