@@ -174,4 +174,5 @@ pub use store::{
     UsageDelta,
 };
 pub use usage::ShutdownError;
+pub use store::{RecentCursor, RecentKey};
 pub use verify::Verify;
