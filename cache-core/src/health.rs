@@ -71,6 +71,9 @@ pub struct HealthReport {
     pub invalidation: InvalidationHealth,
     /// Usage counters not yet flushed.
     pub usage: UsageHealth,
+    /// Cache warming at start-up ([`ApiKeyCache::warming`]); never a reason
+    /// for a worse status.
+    pub warming: crate::WarmingHealth,
     /// When the probes behind this report ran (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
     pub checked_at: OffsetDateTime,
@@ -243,6 +246,7 @@ impl ApiKeyCache {
                 pending_increments: s.usage_pending_increments,
                 flush_errors: s.usage_flush_errors,
             },
+            warming: self.warming(),
             checked_at: probe.checked_at,
         }
     }

@@ -76,6 +76,7 @@
 //! * `outcome.rs`: [`Outcome`] and its HTTP and gRPC renderings
 //!   ([`Rejection`], [`GrpcRejection`]), shared by the web adapters.
 //! * `config.rs`: [`CacheConfig`], its builder and `from_env()`.
+//! * `warm.rs`: cache warming at start-up ([`ApiKeyCache::warming`]).
 //!
 //! # Choices where the design was silent
 //!
@@ -145,6 +146,7 @@ pub mod store;
 pub mod telemetry;
 mod usage;
 mod verify;
+mod warm;
 
 pub use async_trait::async_trait;
 pub use breaker::BreakerState;
@@ -173,6 +175,7 @@ pub use store::{
     CreatedKey, KeyAdmin, KeyDetails, KeyStore, MemoryStore, NewKey, StoreError, UsageBatch,
     UsageDelta,
 };
-pub use usage::ShutdownError;
 pub use store::{RecentCursor, RecentKey};
+pub use usage::ShutdownError;
 pub use verify::Verify;
+pub use warm::{WarmingHealth, WarmingState};
