@@ -50,6 +50,7 @@ async fn healthy_report_without_a_key() {
             "usage",
             &["pending_keys", "pending_increments", "flush_errors"],
         ),
+        ("warming", &["state", "loaded"]),
     ] {
         for field in fields {
             assert!(
