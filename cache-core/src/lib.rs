@@ -100,6 +100,11 @@
 //! * Usage `last_used_at` is the flush time of the batch that carried the
 //!   request (exact to `usage_flush_interval`): reading the clock on every
 //!   request would cost more than counting it.
+//! * Cache warming ([`CacheConfig::warm_keys`]) loads the most recently used
+//!   keys as what they are (a revoked key as revoked, an expired one as
+//!   expired), like any load; a deadline ends it as `done`, a store that
+//!   cannot list keys ([`StoreError::Unsupported`]) as `failed`, and
+//!   `database_only` as `off`. See `warm.rs`.
 //! * While Redis is unavailable, rate limits are enforced per instance and
 //!   quotas count this instance's requests only (see `limits.rs` for why
 //!   failing open on quotas beats refusing all limited traffic).
