@@ -64,7 +64,7 @@ use crate::codec;
 use crate::events::{self, EventStats};
 use crate::flight::{self, Flights, Role, Waited};
 use crate::l1::{lifetime_until, Entry, Found, L1};
-use crate::l2::{L2Read, L2};
+use crate::l2::{L2Read, ReadStamp, L2};
 use crate::limits::Limiter;
 use crate::stats::{CacheStats, Stats};
 use crate::usage::Usage;
@@ -114,6 +114,8 @@ pub(crate) struct Inner {
     pub(crate) events: EventStats,
     pub(crate) health_probe: tokio::sync::Mutex<Option<crate::health::Probe>>,
     pub(crate) health_probes: AtomicU64,
+    /// Cache warming's progress, for health (`warm.rs`).
+    pub(crate) warming: crate::warm::Warming,
     pub(crate) usage: Usage,
     pub(crate) limiter: Limiter,
     /// The runtime the cache was built in, for tasks started where no
@@ -225,6 +227,7 @@ impl ApiKeyCacheBuilder {
                 events: EventStats::default(),
                 health_probe: tokio::sync::Mutex::new(None),
                 health_probes: AtomicU64::new(0),
+                warming: Default::default(),
                 usage: Usage::new(),
                 limiter: Limiter::new(),
                 shutting_down: AtomicBool::new(false),
@@ -254,6 +257,7 @@ impl ApiKeyCacheBuilder {
                 l2.client().clone(),
             ));
         }
+        crate::warm::start(&cache);
         Ok(cache)
     }
 }
@@ -411,7 +415,27 @@ impl ApiKeyCache {
             }
         }
         let record = self.query_store(&hash).await?;
-        if let (Some(l2), Some(stamp)) = (&inner.l2, fill_stamp) {
+        Ok(self
+            .fill_from_store(hash, record, generation, fill_stamp)
+            .await
+            .0)
+    }
+
+    /// Puts the store's answer for `hash` into the tiers: Redis (with a
+    /// `stamp` of Redis's clock taken before the store was asked), then L1,
+    /// neither if an invalidation ran since `generation` was read (also
+    /// before the store was asked). Every load fills through here, cache
+    /// warming too (`warm.rs`). Returns the entry, and whether L1 took it
+    /// (`false`: an invalidation raced the load).
+    pub(crate) async fn fill_from_store(
+        &self,
+        hash: KeyHash,
+        record: Option<KeyRecord>,
+        generation: u64,
+        stamp: Option<ReadStamp>,
+    ) -> (Entry, bool) {
+        let inner = &*self.inner;
+        if let (Some(l2), Some(stamp)) = (&inner.l2, stamp) {
             // A load that raced a local invalidation does not refill Redis;
             // the tombstone, `SET NX` and the stamp cover the rest (see
             // the module docs).
@@ -425,8 +449,8 @@ impl ApiKeyCache {
             Some(record) => self.entry_for(record),
             None => inner.l1.not_found(),
         };
-        self.fill_l1(hash, entry.clone(), generation);
-        Ok(entry)
+        let filled = self.fill_l1(hash, entry.clone(), generation);
+        (entry, filled)
     }
 
     /// The L1 entry for a loaded record: the record, or the verdict
@@ -454,13 +478,15 @@ impl ApiKeyCache {
     }
 
     /// Inserts what a load found, unless an invalidation ran since the
-    /// load began (`generation`).
-    fn fill_l1(&self, hash: KeyHash, entry: Entry, generation: u64) {
+    /// load began (`generation`); whether it did.
+    fn fill_l1(&self, hash: KeyHash, entry: Entry, generation: u64) -> bool {
         let inner = &*self.inner;
         let _fill = inner.fills.read().unwrap_or_else(|e| e.into_inner());
-        if inner.generation.load(Ordering::SeqCst) == generation {
+        let current = inner.generation.load(Ordering::SeqCst) == generation;
+        if current {
             inner.l1.insert(hash, entry);
         }
+        current
     }
 
     /// Runs `drop_entries` as an invalidation: after a generation bump,

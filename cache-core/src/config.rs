@@ -34,6 +34,10 @@
 //! | `USAGE_FLUSH_INTERVAL` | `1s` | how often usage counts are flushed to Redis and the store |
 //! | `STALE_IF_ERROR` | `0s` | how long past its L1 TTL a record may answer while the store is down |
 //! | `PEPPER` | none | HMAC pepper for key hashes |
+//! | `WARM_KEYS` | `0` (off) | how many recently used keys to preload at start, in the background |
+//! | `WARM_DEADLINE` | `60s` | warming stops when this much time has passed since start |
+//! | `WARM_BATCH_SIZE` | `500` | keys per store query while warming (1 to 10000) |
+//! | `WARM_BATCH_PAUSE` | `20ms` | pause between two warming queries |
 //!
 //! Durations are written `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
 
@@ -136,6 +140,18 @@ pub struct CacheConfig {
     pub stale_if_error: Duration,
     /// How often usage counts are flushed to Redis and the store.
     pub usage_flush_interval: Duration,
+    /// Cache warming: how many of the most recently used keys to preload
+    /// into L1 (and Redis) at start, in the background; 0 turns it off. At
+    /// most `l1_capacity` are loaded. See `ApiKeyCache::warming`.
+    pub warm_keys: u64,
+    /// Warming stops (reported `done`, with a warning) once this much time
+    /// has passed since the cache was built.
+    pub warm_deadline: Duration,
+    /// Keys per store query while warming: the bound on one query's load.
+    pub warm_batch_size: u64,
+    /// Pause between two warming queries, to leave the store room for
+    /// requests.
+    pub warm_batch_pause: Duration,
     /// HMAC pepper for key hashes.
     pub pepper: Option<String>,
 }
@@ -158,6 +174,10 @@ impl Default for CacheConfig {
             breaker_cooldown: Duration::from_secs(10),
             stale_if_error: Duration::ZERO,
             usage_flush_interval: Duration::from_secs(1),
+            warm_keys: 0,
+            warm_deadline: Duration::from_secs(60),
+            warm_batch_size: 500,
+            warm_batch_pause: Duration::from_millis(20),
             pepper: None,
         }
     }
@@ -181,6 +201,10 @@ impl fmt::Debug for CacheConfig {
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("stale_if_error", &self.stale_if_error)
             .field("usage_flush_interval", &self.usage_flush_interval)
+            .field("warm_keys", &self.warm_keys)
+            .field("warm_deadline", &self.warm_deadline)
+            .field("warm_batch_size", &self.warm_batch_size)
+            .field("warm_batch_pause", &self.warm_batch_pause)
             .field("pepper", &self.pepper.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -272,6 +296,12 @@ impl CacheConfig {
                 "USAGE_FLUSH_INTERVAL" => {
                     c.usage_flush_interval = parse_duration_var("USAGE_FLUSH_INTERVAL", v)?
                 }
+                "WARM_KEYS" => c.warm_keys = parse_num("WARM_KEYS", v)?,
+                "WARM_DEADLINE" => c.warm_deadline = parse_duration_var("WARM_DEADLINE", v)?,
+                "WARM_BATCH_SIZE" => c.warm_batch_size = parse_num("WARM_BATCH_SIZE", v)?,
+                "WARM_BATCH_PAUSE" => {
+                    c.warm_batch_pause = parse_duration_var("WARM_BATCH_PAUSE", v)?
+                }
                 "PEPPER" => c.pepper = (!v.is_empty()).then(|| v.to_owned()),
                 _ => {}
             }
@@ -318,6 +348,8 @@ impl CacheConfig {
             ("BREAKER_COOLDOWN", self.breaker_cooldown),
             ("STALE_IF_ERROR", self.stale_if_error),
             ("USAGE_FLUSH_INTERVAL", self.usage_flush_interval),
+            ("WARM_DEADLINE", self.warm_deadline),
+            ("WARM_BATCH_PAUSE", self.warm_batch_pause),
         ];
         for (name, d) in durations {
             if d > CENTURY {
@@ -332,6 +364,7 @@ impl CacheConfig {
             ("REDIS_TIMEOUT", self.redis_timeout),
             ("REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout),
             ("STORE_TIMEOUT", self.store_timeout),
+            ("WARM_DEADLINE", self.warm_deadline),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -367,6 +400,13 @@ impl CacheConfig {
                 expected: "a positive duration",
             });
         }
+        if !(1..=MAX_WARM_BATCH_SIZE).contains(&self.warm_batch_size) {
+            return Err(ConfigError::Invalid {
+                name: "WARM_BATCH_SIZE",
+                value: self.warm_batch_size.to_string(),
+                expected: "from 1 to 10000",
+            });
+        }
         if self.l1_capacity == 0 {
             return Err(ConfigError::Invalid {
                 name: "L1_CAPACITY",
@@ -377,6 +417,9 @@ impl CacheConfig {
         Ok(self)
     }
 }
+
+/// The largest warming batch: one query's worth of rows.
+const MAX_WARM_BATCH_SIZE: u64 = 10_000;
 
 /// Our setting names are a fixed set; map a raw name onto its `'static`
 /// spelling for the error (unknown names are not ours to report).
@@ -397,6 +440,10 @@ fn leak_name(name: &str) -> &'static str {
         "BREAKER_COOLDOWN",
         "STALE_IF_ERROR",
         "USAGE_FLUSH_INTERVAL",
+        "WARM_KEYS",
+        "WARM_DEADLINE",
+        "WARM_BATCH_SIZE",
+        "WARM_BATCH_PAUSE",
         "PEPPER",
     ];
     NAMES
@@ -511,6 +558,14 @@ impl CacheConfigBuilder {
         stale_if_error: Duration,
         /// How often usage counts are flushed.
         usage_flush_interval: Duration,
+        /// How many recently used keys to preload at start (0: off).
+        warm_keys: u64,
+        /// When warming stops, counted from the cache's start.
+        warm_deadline: Duration,
+        /// Keys per store query while warming (1 to 10000).
+        warm_batch_size: u64,
+        /// Pause between two warming queries.
+        warm_batch_pause: Duration,
     }
 
     /// Checks and returns the configuration.
@@ -592,6 +647,45 @@ mod tests {
             crate::ApiKeyCache::new(raw, store),
             Err(crate::BuildError::Config(_))
         ));
+    }
+
+    #[test]
+    fn warming_settings() {
+        let c = CacheConfig::from_vars([
+            ("APIKEY_CACHE_WARM_KEYS", "10_000"),
+            ("APIKEY_CACHE_WARM_DEADLINE", "2m"),
+            ("APIKEY_CACHE_WARM_BATCH_SIZE", "250"),
+            ("APIKEY_CACHE_WARM_BATCH_PAUSE", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.warm_keys, 10_000);
+        assert_eq!(c.warm_deadline, Duration::from_secs(120));
+        assert_eq!(c.warm_batch_size, 250);
+        assert_eq!(c.warm_batch_pause, Duration::ZERO);
+        let d = CacheConfig::default();
+        assert_eq!(d.warm_keys, 0, "off unless asked for");
+        assert_eq!(
+            (d.warm_deadline, d.warm_batch_size, d.warm_batch_pause),
+            (Duration::from_secs(60), 500, Duration::from_millis(20))
+        );
+        for (k, v) in [
+            ("APIKEY_CACHE_WARM_KEYS", "many"),
+            ("APIKEY_CACHE_WARM_KEYS", "-1"),
+            ("APIKEY_CACHE_WARM_BATCH_SIZE", "0"),
+            ("APIKEY_CACHE_WARM_BATCH_SIZE", "10001"),
+            ("APIKEY_CACHE_WARM_DEADLINE", "0s"),
+            ("APIKEY_CACHE_WARM_DEADLINE", "never"),
+            ("APIKEY_CACHE_WARM_BATCH_PAUSE", "36600d"),
+        ] {
+            let err = CacheConfig::from_vars([(k, v)]).unwrap_err();
+            let ConfigError::Invalid { name, .. } = err;
+            assert_eq!(format!("APIKEY_CACHE_{name}"), k, "{v}");
+        }
+        assert!(CacheConfig::builder()
+            .warm_keys(1)
+            .warm_batch_size(10_000)
+            .build()
+            .is_ok());
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct HealthReport {
     pub usage: UsageHealth,
     /// The owner key-list cache (`list_owner_keys`).
     pub owner_lists: OwnerListsHealth,
+    /// Cache warming at start-up ([`ApiKeyCache::warming`]); never a reason
+    /// for a worse status.
+    pub warming: crate::WarmingHealth,
     /// When the probes behind this report ran (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
     pub checked_at: OffsetDateTime,
@@ -267,6 +270,7 @@ impl ApiKeyCache {
             owner_lists: OwnerListsHealth {
                 entries: self.inner.owner_lists.entries(),
             },
+            warming: self.warming(),
             checked_at: probe.checked_at,
         }
     }

@@ -296,6 +296,18 @@ impl L2 {
         matches!(self.call_script::<i64>(&inv).await, Ok(1))
     }
 
+    /// Redis's clock now, for fills of records read from the store after
+    /// this call (cache warming reads many keys in one store query instead
+    /// of reading each from Redis first); `None` when Redis does not answer.
+    /// A stamp taken before the store read proves for [`fill`](Self::fill)
+    /// what the stamp of a [`get`](Self::get) does.
+    pub(crate) async fn now_stamp(&self) -> Option<ReadStamp> {
+        let (secs, micros): (i64, i64) = self.call(&redis::cmd("TIME")).await.ok()?;
+        Some(ReadStamp(
+            secs.saturating_mul(1_000_000).saturating_add(micros),
+        ))
+    }
+
     /// Stores `value` unless the key exists (`SET NX`), and only while
     /// Redis's clock is within `tombstone_ttl` of the load's read (`stamp`).
     ///

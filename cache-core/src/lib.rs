@@ -128,6 +128,7 @@
 //! * `outcome.rs`: [`Outcome`] and its HTTP and gRPC renderings
 //!   ([`Rejection`], [`GrpcRejection`]), shared by the web adapters.
 //! * `config.rs`: [`CacheConfig`], its builder and `from_env()`.
+//! * `warm.rs`: cache warming at start-up ([`ApiKeyCache::warming`]).
 //!
 //! # Choices where the design was silent
 //!
@@ -151,6 +152,11 @@
 //! * Usage `last_used_at` is the flush time of the batch that carried the
 //!   request (exact to `usage_flush_interval`): reading the clock on every
 //!   request would cost more than counting it.
+//! * Cache warming ([`CacheConfig::warm_keys`]) loads the most recently used
+//!   keys as what they are (a revoked key as revoked, an expired one as
+//!   expired), like any load; a deadline ends it as `done`, a store that
+//!   cannot list keys ([`StoreError::Unsupported`]) as `failed`, and
+//!   `database_only` as `off`. See `warm.rs`.
 //! * While Redis is unavailable, rate limits are enforced per instance and
 //!   quotas count this instance's requests only (see `limits.rs` for why
 //!   failing open on quotas beats refusing all limited traffic).
@@ -199,6 +205,7 @@ pub mod store;
 pub mod telemetry;
 mod usage;
 mod verify;
+mod warm;
 
 pub use async_trait::async_trait;
 pub use breaker::BreakerState;
@@ -229,5 +236,7 @@ pub use store::{
     CreatedKey, KeyAdmin, KeyDetails, KeyStore, MemoryStore, NewKey, StoreError, UsageBatch,
     UsageDelta,
 };
+pub use store::{RecentCursor, RecentKey};
 pub use usage::ShutdownError;
 pub use verify::Verify;
+pub use warm::{WarmingHealth, WarmingState};

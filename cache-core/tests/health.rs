@@ -54,6 +54,7 @@ async fn status_rules() {
         "store",
         "invalidation",
         "owner_lists",
+        "warming",
         "checked_at",
     ] {
         assert!(json.get(field).is_some(), "missing {field}: {json}");
@@ -61,6 +62,11 @@ async fn status_rules() {
     assert_eq!(json["l1"]["hit_rate"], 0.0, "a cold cache is still healthy");
     assert_eq!(json["status"], "healthy");
     assert_eq!(json["l2"]["status"], "disabled");
+    assert_eq!(
+        json["warming"],
+        serde_json::json!({"state": "off", "loaded": 0}),
+        "not configured"
+    );
 
     // Store down, nothing cached: unhealthy, 503.
     store.set_failing(true);

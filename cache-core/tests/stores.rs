@@ -885,6 +885,96 @@ async fn migrate_twice(b: &Backend) {
         .is_some());
 }
 
+for_each_store!(recently_used: memory, sqlite, postgres);
+/// Cache warming's listing: used keys only, most recent first, ties broken
+/// by hash (descending, bytewise), whatever their status; paged by cursor,
+/// one page per call, with nothing skipped or repeated.
+async fn recently_used(b: &Backend) {
+    let s = &*b.store;
+    let h = hasher();
+    let mut keys = Vec::new();
+    for owner in ["a", "b", "c", "d", "e", "f"] {
+        keys.push(s.create_key(&h, NewKey::new(owner, ["x"])).await.unwrap());
+    }
+    let id = |i: usize| &keys[i].record.id;
+    let t1 = datetime!(2030-01-01 0:00:01.250 UTC);
+    let t2 = datetime!(2030-01-01 0:00:02.500 UTC);
+    let t3 = datetime!(2030-01-01 0:00:03.750 UTC);
+    // a, c and f tie at t3; d was used at t2, b at t1; e never.
+    s.record_usage(&batch(
+        Uuid::new_v4(),
+        &[
+            (id(0), 1, t3),
+            (id(1), 5, t1),
+            (id(2), 2, t3),
+            (id(3), 1, t2),
+            (id(5), 1, t3),
+        ],
+    ))
+    .await
+    .unwrap();
+    s.revoke_key(id(3)).await.unwrap();
+
+    let mut ties = [0, 2, 5];
+    ties.sort_by(|&x, &y| {
+        keys[y]
+            .record
+            .hash
+            .as_bytes()
+            .cmp(keys[x].record.hash.as_bytes())
+    });
+    let expected: Vec<(KeyId, OffsetDateTime)> = ties
+        .iter()
+        .map(|&i| (id(i).clone(), t3))
+        .chain([(id(3).clone(), t2), (id(1).clone(), t1)])
+        .collect();
+    let summary = |page: &[apikey_cache::RecentKey]| -> Vec<(KeyId, OffsetDateTime)> {
+        page.iter()
+            .map(|k| (k.record.id.clone(), k.last_used_at))
+            .collect()
+    };
+
+    let all = s.recently_used(10, None).await.unwrap();
+    assert_eq!(summary(&all), expected);
+    let revoked = all.iter().find(|k| k.record.id == *id(3)).unwrap();
+    assert_eq!(revoked.record.status, KeyStatus::Revoked, "listed as it is");
+    assert_eq!(
+        s.find_by_id(id(0)).await.unwrap().as_ref(),
+        Some(&all.iter().find(|k| k.record.id == *id(0)).unwrap().record),
+        "the same record a lookup returns"
+    );
+
+    // Pages of two, each after the previous page's last key.
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    for want in [2, 2, 1, 0] {
+        let page = s.recently_used(2, cursor.as_ref()).await.unwrap();
+        assert_eq!(page.len(), want, "page after {cursor:?}");
+        cursor = page.last().map(apikey_cache::RecentKey::cursor).or(cursor);
+        paged.extend(page);
+    }
+    assert_eq!(summary(&paged), expected);
+    // A cursor inside a tie: the rest of the tie, then the older keys.
+    let after_first = all[0].cursor();
+    assert_eq!(
+        summary(&s.recently_used(10, Some(&after_first)).await.unwrap()),
+        expected[1..]
+    );
+    assert!(s.recently_used(0, None).await.unwrap().is_empty());
+
+    if !b.is_memory() {
+        let exists = b
+            .count(
+                "SELECT COUNT(*) FROM sqlite_master \
+                 WHERE type = 'index' AND name = 'api_keys_last_used_at_idx'",
+                "SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'api_keys_last_used_at_idx'",
+                &[],
+            )
+            .await;
+        assert_eq!(exists, 1, "the migration created the index");
+    }
+}
+
 for_each_store!(concurrent_migrations: sqlite, postgres);
 /// Several instances starting at once may all call `migrate`.
 async fn concurrent_migrations(b: &Backend) {

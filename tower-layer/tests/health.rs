@@ -51,6 +51,7 @@ async fn healthy_report_without_a_key() {
             &["pending_keys", "pending_increments", "flush_errors"],
         ),
         ("owner_lists", &["entries"]),
+        ("warming", &["state", "loaded"]),
     ] {
         for field in fields {
             assert!(

@@ -6,7 +6,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{CreatedKey, KeyAdmin, KeyDetails, KeyStore, NewKey, StoreError, UsageBatch};
+use super::{
+    CreatedKey, KeyAdmin, KeyDetails, KeyStore, NewKey, RecentCursor, RecentKey, StoreError,
+    UsageBatch,
+};
 use crate::{KeyHash, KeyHasher, KeyId, KeyRecord, KeyStatus};
 
 #[derive(Default)]
@@ -132,6 +135,30 @@ impl KeyStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    /// A scan of every key: fine for the sizes a memory store holds.
+    async fn recently_used(
+        &self,
+        limit: usize,
+        after: Option<&RecentCursor>,
+    ) -> Result<Vec<RecentKey>, StoreError> {
+        let inner = self.lock();
+        let mut used: Vec<RecentKey> = inner
+            .by_id
+            .values()
+            .filter_map(|row| {
+                let at = row.last_used_at?;
+                let wanted = after.is_none_or(|c| c.precedes(at, &row.record.hash));
+                wanted.then(|| RecentKey::new(row.record.clone(), at))
+            })
+            .collect();
+        used.sort_by(|a, b| {
+            (b.last_used_at, b.record.hash.as_bytes())
+                .cmp(&(a.last_used_at, a.record.hash.as_bytes()))
+        });
+        used.truncate(limit);
+        Ok(used)
     }
 }
 

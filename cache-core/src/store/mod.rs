@@ -70,6 +70,10 @@ pub enum StoreError {
     /// written.
     #[error("invalid rate limit: {0}")]
     InvalidRateLimit(#[from] crate::RateLimitError),
+    /// The store does not implement this operation (a [`KeyStore`] method
+    /// with a default body, such as [`KeyStore::recently_used`]).
+    #[error("not supported by this key store: {0}")]
+    Unsupported(&'static str),
 }
 
 impl StoreError {
@@ -100,6 +104,57 @@ pub struct UsageBatch {
     pub deltas: Vec<UsageDelta>,
 }
 
+/// One key in most-recently-used order: its record and when it was last
+/// used (as the usage flush keeps it). See [`KeyStore::recently_used`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecentKey {
+    /// The key's record, whatever its status.
+    pub record: KeyRecord,
+    /// The key's `last_used_at`.
+    pub last_used_at: OffsetDateTime,
+}
+
+impl RecentKey {
+    /// Bundles a record with its last use.
+    pub fn new(record: KeyRecord, last_used_at: OffsetDateTime) -> Self {
+        Self {
+            record,
+            last_used_at,
+        }
+    }
+
+    /// Where the page after this key starts.
+    pub fn cursor(&self) -> RecentCursor {
+        RecentCursor::new(self.last_used_at, self.record.hash)
+    }
+}
+
+/// A position in most-recently-used order: the page after it holds the keys
+/// that come after `(last_used_at, hash)` when keys are sorted by
+/// `last_used_at` descending, then by hash descending (bytewise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecentCursor {
+    /// The last key's `last_used_at`.
+    pub last_used_at: OffsetDateTime,
+    /// The last key's hash: ties on `last_used_at` are broken by hash, which
+    /// is unique and compares the same in every database (bytes).
+    pub hash: KeyHash,
+}
+
+impl RecentCursor {
+    /// The position just after the key `(last_used_at, hash)`.
+    pub fn new(last_used_at: OffsetDateTime, hash: KeyHash) -> Self {
+        Self { last_used_at, hash }
+    }
+
+    /// Whether a key `(last_used_at, hash)` comes after this position.
+    pub fn precedes(&self, last_used_at: OffsetDateTime, hash: &KeyHash) -> bool {
+        (last_used_at, hash.as_bytes()) < (self.last_used_at, self.hash.as_bytes())
+    }
+}
+
 /// The source of truth the cache reads through. Implement it over your own
 /// database, or use one of the ready-made stores.
 ///
@@ -119,6 +174,27 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Adds a usage batch to the durable totals, exactly once per batch id.
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError>;
+
+    /// Up to `limit` keys that have been used (`last_used_at` set), most
+    /// recently used first (ties broken by hash, descending, bytewise),
+    /// starting after `after` (the [`RecentKey::cursor`] of the previous
+    /// page's last key) or from the top. Keys of any status are listed.
+    /// One query per call: cache warming
+    /// ([`CacheConfig::warm_keys`](crate::CacheConfig::warm_keys)) pages
+    /// through it in batches.
+    ///
+    /// The default implementation answers [`StoreError::Unsupported`], so a
+    /// store written before this method existed still compiles; warming over
+    /// such a store reports `failed` (and logs why) while everything else
+    /// works as before.
+    async fn recently_used(
+        &self,
+        limit: usize,
+        after: Option<&RecentCursor>,
+    ) -> Result<Vec<RecentKey>, StoreError> {
+        let _ = (limit, after);
+        Err(StoreError::Unsupported("recently_used"))
+    }
 }
 
 #[async_trait]
@@ -134,5 +210,12 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         (**self).record_usage(batch).await
+    }
+    async fn recently_used(
+        &self,
+        limit: usize,
+        after: Option<&RecentCursor>,
+    ) -> Result<Vec<RecentKey>, StoreError> {
+        (**self).recently_used(limit, after).await
     }
 }

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey_cache::{async_trait, KeyHash, KeyId, KeyRecord, KeyStore, StoreError, UsageBatch};
+use apikey_cache::{
+    async_trait, KeyHash, KeyId, KeyRecord, KeyStore, RecentCursor, RecentKey, StoreError,
+    UsageBatch,
+};
 use tokio::sync::Notify;
 
 /// A point calls wait at while it is held.
@@ -77,9 +80,9 @@ impl Gate {
     }
 }
 
-/// Gates: `by_hash` and `listed` after the read (the answer is already the
-/// old one), the others before it. `listing` and `listed` both gate
-/// `list_by_owner`.
+/// Gates: `by_hash`, `listed` and `recent` after the read (the answer is
+/// already the old one), the others before it. `listing` and `listed`
+/// both gate `list_by_owner`.
 pub struct GatedStore {
     pub inner: Arc<dyn KeyStore>,
     pub by_hash: Gate,
@@ -87,6 +90,10 @@ pub struct GatedStore {
     pub listing: Gate,
     pub listed: Gate,
     pub usage: Gate,
+    /// `recently_used` (cache warming's batches).
+    pub recent: Gate,
+    /// The `limit` of every `recently_used` call, in order.
+    recent_limits: std::sync::Mutex<Vec<usize>>,
 }
 
 impl GatedStore {
@@ -98,7 +105,14 @@ impl GatedStore {
             listing: Gate::default(),
             listed: Gate::default(),
             usage: Gate::default(),
+            recent: Gate::default(),
+            recent_limits: Default::default(),
         })
+    }
+
+    /// The `limit` of every `recently_used` call so far, in order.
+    pub fn recent_limits(&self) -> Vec<usize> {
+        self.recent_limits.lock().unwrap().clone()
     }
 }
 
@@ -122,5 +136,15 @@ impl KeyStore for GatedStore {
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         self.usage.pass().await?;
         self.inner.record_usage(batch).await
+    }
+    async fn recently_used(
+        &self,
+        limit: usize,
+        after: Option<&RecentCursor>,
+    ) -> Result<Vec<RecentKey>, StoreError> {
+        self.recent_limits.lock().unwrap().push(limit);
+        let found = self.inner.recently_used(limit, after).await;
+        self.recent.pass().await?;
+        found
     }
 }

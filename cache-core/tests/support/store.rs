@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey_cache::{async_trait, KeyHash, KeyId, KeyRecord, KeyStore, StoreError, UsageBatch};
+use apikey_cache::{
+    async_trait, KeyHash, KeyId, KeyRecord, KeyStore, RecentCursor, RecentKey, StoreError,
+    UsageBatch,
+};
 use tokio::sync::Notify;
 
 pub struct CountingStore<S: ?Sized> {
@@ -97,5 +100,12 @@ impl<S: KeyStore + ?Sized> KeyStore for CountingStore<S> {
     }
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         self.inner.record_usage(batch).await
+    }
+    async fn recently_used(
+        &self,
+        limit: usize,
+        after: Option<&RecentCursor>,
+    ) -> Result<Vec<RecentKey>, StoreError> {
+        self.inner.recently_used(limit, after).await
     }
 }

@@ -64,6 +64,7 @@ pub async fn mode_health_metrics_and_request_ids(bin: &str) {
             &["pending_keys", "pending_increments", "flush_errors"][..],
         ),
         ("owner_lists", &["entries"][..]),
+        ("warming", &["state", "loaded"][..]),
     ] {
         for field in fields {
             assert!(
@@ -323,6 +324,12 @@ pub async fn store_outage_health_and_unknown_keys(bin: &str) {
     }
 }
 
+/// The `warming` block of the demo's health once warming is done.
+async fn warming_done(demo: &DemoServer) -> Option<serde_json::Value> {
+    let health = demo.get("/health/cache", None).await;
+    (health.json["warming"]["state"] == "done").then(|| health.json["warming"].clone())
+}
+
 pub async fn settings_from_the_environment(bin: &str) {
     let redis = RedisServer::start();
     let pg = PgDb::create().await;
@@ -335,8 +342,17 @@ pub async fn settings_from_the_environment(bin: &str) {
     config
         .env
         .push(("APIKEY_CACHE_KEY_PREFIX".to_owned(), prefix.clone()));
+    config
+        .env
+        .push(("APIKEY_CACHE_WARM_KEYS".to_owned(), "100".to_owned()));
     // Answers on the address in BIND (no --bind given), or start fails.
-    let demo = DemoServer::start(bin, config).await;
+    let demo = DemoServer::start(bin, config.clone()).await;
+    // APIKEY_CACHE_WARM_KEYS: warming ran; no key had been used yet.
+    let warmed = eventually("warming done", Duration::from_secs(10), || {
+        warming_done(&demo)
+    })
+    .await;
+    assert_eq!(warmed, json!({"state": "done", "loaded": 0}));
 
     // APIKEY_BOOTSTRAP_ADMIN_KEY: the admin key works.
     let (id, key) = demo
@@ -367,4 +383,22 @@ pub async fn settings_from_the_environment(bin: &str) {
     assert!(keys.iter().all(|k| k.starts_with(&prefix)), "{keys:?}");
     let health = demo.get("/health/cache", None).await;
     assert_eq!(health.json["l2"]["status"], "up", "{health:?}");
+
+    // Started again once both keys' use is in the database: it warms them.
+    eventually("usage flushed", Duration::from_secs(10), || async {
+        let (used,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM api_keys WHERE last_used_at IS NOT NULL")
+                .fetch_one(&mut pg.connect().await)
+                .await
+                .unwrap();
+        (used == 2).then_some(())
+    })
+    .await;
+    drop(demo);
+    let demo = DemoServer::start(bin, config).await;
+    let warmed = eventually("warming done", Duration::from_secs(10), || {
+        warming_done(&demo)
+    })
+    .await;
+    assert_eq!(warmed, json!({"state": "done", "loaded": 2}));
 }

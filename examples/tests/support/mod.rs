@@ -261,6 +261,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "APIKEY_CACHE_MODE",
     "APIKEY_CACHE_PEPPER",
     "APIKEY_CACHE_KEY_PREFIX",
+    "APIKEY_CACHE_WARM_KEYS",
 ];
 
 /// A running demo process, killed on drop (its log printed if the test is

@@ -31,6 +31,13 @@ macro_rules! forward_to_sql_store {
             ) -> Result<(), $crate::StoreError> {
                 self.sql.record_usage(batch).await
             }
+            async fn recently_used(
+                &self,
+                limit: usize,
+                after: Option<&$crate::store::RecentCursor>,
+            ) -> Result<Vec<$crate::store::RecentKey>, $crate::StoreError> {
+                self.sql.recently_used(limit, after).await
+            }
         }
 
         #[$crate::async_trait]

@@ -27,7 +27,7 @@ pub(crate) use forward::forward_to_sql_store;
 pub(crate) use record::{corrupt, get, map_err, truncate_ms};
 
 use self::record::{decode_record, map_migrate_err, normalize, record_columns, to_i64};
-use super::{CreatedKey, KeyDetails, NewKey, StoreError, UsageBatch};
+use super::{CreatedKey, KeyDetails, NewKey, RecentCursor, RecentKey, StoreError, UsageBatch};
 use crate::{KeyHash, KeyHasher, KeyId, KeyRecord};
 
 /// `INSERT` of every record column (`$1`..`$11` in [`record_columns!`]
@@ -143,6 +143,49 @@ where
         ))
         .bind(owner);
         self.all(query).await
+    }
+
+    /// See [`KeyStore::recently_used`](crate::KeyStore::recently_used): one
+    /// query, a backward range scan of the `(last_used_at, key_hash)` index
+    /// (migration `20250901000000`). The cursor is a row value, which both
+    /// databases compare column by column; hashes compare as bytes in both.
+    pub(crate) async fn recently_used(
+        &self,
+        limit: usize,
+        after: Option<&RecentCursor>,
+    ) -> Result<Vec<RecentKey>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let query = match after {
+            None => sqlx::query(concat!(
+                "SELECT ",
+                record_columns!(),
+                ", last_used_at FROM api_keys WHERE last_used_at IS NOT NULL \
+                 ORDER BY last_used_at DESC, key_hash DESC LIMIT $1"
+            ))
+            .bind(limit),
+            Some(cursor) => sqlx::query(concat!(
+                "SELECT ",
+                record_columns!(),
+                ", last_used_at FROM api_keys WHERE last_used_at IS NOT NULL \
+                 AND (last_used_at, key_hash) < ($2, $3) \
+                 ORDER BY last_used_at DESC, key_hash DESC LIMIT $1"
+            ))
+            .bind(limit)
+            .bind(DB::instant(cursor.last_used_at))
+            .bind(cursor.hash.as_bytes().as_slice()),
+        };
+        let rows = query.fetch_all(&self.pool).await.map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let record = decode_record::<DB>(row)?;
+                let at = DB::get_instant(row, &record.id, "last_used_at")?
+                    .ok_or_else(|| corrupt(&record.id, "last_used_at is NULL"))?;
+                Ok(RecentKey::new(record, at))
+            })
+            .collect()
     }
 
     /// See [`KeyStore::record_usage`](crate::KeyStore::record_usage): the
