@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -19,19 +20,21 @@ use time::OffsetDateTime;
 use crate::{KeyHash, Scopes};
 
 /// A key's stable identifier (not secret; safe to log and show).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct KeyId(String);
+///
+/// Cheap to clone (a shared, immutable string): the usage counters hand it
+/// from map to batch on every flush. Serialized as a plain string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(Arc<str>);
 
 impl KeyId {
     /// Wraps an identifier.
     pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
+        Self(Arc::from(id.into()))
     }
 
     /// A fresh random identifier: `key_` + a UUID v4 in simple form.
     pub fn generate() -> Self {
-        Self(format!("key_{}", uuid::Uuid::new_v4().simple()))
+        Self::new(format!("key_{}", uuid::Uuid::new_v4().simple()))
     }
 
     /// The identifier as text.
@@ -42,13 +45,36 @@ impl KeyId {
 
 impl From<&str> for KeyId {
     fn from(s: &str) -> Self {
-        Self(s.to_owned())
+        Self(Arc::from(s))
     }
 }
 
 impl From<String> for KeyId {
     fn from(s: String) -> Self {
-        Self(s)
+        Self::new(s)
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = KeyId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key id (a string)")
+            }
+            // Straight into the shared string, without a `String` first.
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyId, E> {
+                Ok(KeyId::from(v))
+            }
+        }
+        deserializer.deserialize_str(Text)
     }
 }
 
@@ -301,5 +327,26 @@ impl<'de> Deserialize<'de> for KeyHash {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = std::borrow::Cow::<str>::deserialize(d)?;
         KeyHash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex characters"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_id_is_a_plain_string_in_serde_and_cheap_to_clone() {
+        let id = KeyId::from("key_1");
+        assert_eq!(serde_json::to_string(&id).unwrap_or_default(), r#""key_1""#);
+        let back: KeyId = serde_json::from_str(r#""key_\u0031""#).expect("escaped");
+        assert_eq!(back, id);
+        assert!(serde_json::from_str::<KeyId>("1").is_err());
+        let clone = id.clone();
+        assert!(
+            std::ptr::eq(clone.as_str(), id.as_str()),
+            "shared, not copied"
+        );
+        assert_eq!(KeyId::new(String::from("key_1")), id);
+        assert_eq!(format!("{id} {id:?}"), r#"key_1 "key_1""#);
     }
 }
