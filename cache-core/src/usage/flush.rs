@@ -1,13 +1,14 @@
 //! Delivering usage counts: to the store (durable totals) and to Redis
 //! (fleet-wide counts per month), each exactly once, each on its own.
 
-use std::collections::HashMap;
+use std::collections::hash_map;
+use std::hash::Hash;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::{MonthId, Pending, Taken, Usage};
+use super::{Map, MonthId, Pending, Usage};
 use crate::{ApiKeyCache, KeyId, StoreError, UsageBatch, UsageDelta};
 
 /// A batch for Redis: counts by key and by the month they were served in.
@@ -17,114 +18,254 @@ pub(crate) struct RedisBatch {
     pub(crate) counts: Vec<(KeyId, MonthId, u64)>,
 }
 
-/// Counts on their way to one destination: the batch offered until it is
-/// acknowledged, and what waits for the next one.
-#[derive(Debug)]
-struct Outbox<K, B> {
-    backlog: HashMap<K, u64>,
-    in_flight: Option<B>,
+/// What one destination is sent: a batch id and entries.
+trait Batch {
+    type Entry: Entry;
+    fn new(id: uuid::Uuid, entries: Vec<Self::Entry>) -> Self;
+    fn entries(&self) -> &[Self::Entry];
+    fn into_entries(self) -> Vec<Self::Entry>;
 }
 
-impl<K, B> Default for Outbox<K, B> {
+/// One entry of a batch: the counts of one key (store) or of one key in
+/// one month (Redis).
+trait Entry {
+    type Key: Hash + Eq;
+    fn key(&self) -> Self::Key;
+    fn requests(&self) -> u64;
+    /// Adds `other`, an entry with the same key.
+    fn merge(&mut self, other: Self);
+}
+
+impl Batch for UsageBatch {
+    type Entry = UsageDelta;
+    fn new(id: uuid::Uuid, deltas: Vec<UsageDelta>) -> Self {
+        Self { id, deltas }
+    }
+    fn entries(&self) -> &[UsageDelta] {
+        &self.deltas
+    }
+    fn into_entries(self) -> Vec<UsageDelta> {
+        self.deltas
+    }
+}
+
+impl Entry for UsageDelta {
+    type Key = KeyId;
+    fn key(&self) -> KeyId {
+        self.key_id.clone()
+    }
+    fn requests(&self) -> u64 {
+        self.requests
+    }
+    fn merge(&mut self, other: Self) {
+        self.requests += other.requests;
+        self.last_used_at = self.last_used_at.max(other.last_used_at);
+    }
+}
+
+impl Batch for RedisBatch {
+    type Entry = (KeyId, MonthId, u64);
+    fn new(id: uuid::Uuid, counts: Vec<(KeyId, MonthId, u64)>) -> Self {
+        Self { id, counts }
+    }
+    fn entries(&self) -> &[(KeyId, MonthId, u64)] {
+        &self.counts
+    }
+    fn into_entries(self) -> Vec<(KeyId, MonthId, u64)> {
+        self.counts
+    }
+}
+
+impl Entry for (KeyId, MonthId, u64) {
+    type Key = (KeyId, MonthId);
+    fn key(&self) -> (KeyId, MonthId) {
+        (self.0.clone(), self.1)
+    }
+    fn requests(&self) -> u64 {
+        self.2
+    }
+    fn merge(&mut self, other: Self) {
+        self.2 += other.2;
+    }
+}
+
+/// Whether a flush may append its counts to a backlog without looking for
+/// their keys in it: the backlog was empty when the flush began, and every
+/// key comes once (a key is in one registry shard, with one count per
+/// month slot; counts carried from a reused slot can repeat a key, so a
+/// flush with carried counts always looks).
+#[derive(Debug, Clone, Copy)]
+struct Fresh {
+    store: bool,
+    redis: bool,
+}
+
+/// Counts on their way to one destination: the batch offered until it is
+/// acknowledged, and what waits for the next one.
+struct Outbox<B: Batch> {
+    /// One entry per key: the entries of the next batch, as they will be
+    /// sent.
+    backlog: Vec<B::Entry>,
+    /// Where each key's entry is in `backlog`: complete, or empty while no
+    /// flush needed it (built by the first flush that files into a backlog
+    /// that was not empty; cleared with the backlog).
+    index: Map<<B::Entry as Entry>::Key, usize>,
+    /// What `backlog` holds.
+    backlog_pending: Pending,
+    /// The batch offered until it is acknowledged, and what it holds.
+    in_flight: Option<(B, Pending)>,
+}
+
+impl<B: Batch> Default for Outbox<B> {
     fn default() -> Self {
         Self {
-            backlog: HashMap::new(),
+            backlog: Vec::new(),
+            index: Map::default(),
+            backlog_pending: Pending::default(),
             in_flight: None,
+        }
+    }
+}
+
+impl<B: Batch> Outbox<B> {
+    /// Adds `entry` to the backlog: appended when `fresh` (see [`Fresh`]),
+    /// else merged with the entry of its key, if any.
+    fn file(&mut self, entry: B::Entry, fresh: bool) {
+        self.backlog_pending.increments += entry.requests();
+        if !fresh {
+            if self.index.len() != self.backlog.len() {
+                self.index.clear();
+                self.index.reserve(self.backlog.len());
+                for (i, e) in self.backlog.iter().enumerate() {
+                    self.index.insert(e.key(), i);
+                }
+            }
+            match self.index.entry(entry.key()) {
+                hash_map::Entry::Occupied(at) => {
+                    self.backlog[*at.get()].merge(entry);
+                    return;
+                }
+                hash_map::Entry::Vacant(at) => {
+                    at.insert(self.backlog.len());
+                }
+            }
+        }
+        self.backlog_pending.keys += 1;
+        self.backlog.push(entry);
+    }
+
+    /// The batch in flight, or a new one made of the backlog (if any).
+    fn next_batch(&mut self) -> Option<&B> {
+        if self.in_flight.is_none() && !self.backlog.is_empty() {
+            self.index.clear();
+            let entries = std::mem::take(&mut self.backlog);
+            let pending = std::mem::take(&mut self.backlog_pending);
+            self.in_flight = Some((B::new(uuid::Uuid::new_v4(), entries), pending));
+        }
+        self.in_flight.as_ref().map(|(batch, _)| batch)
+    }
+
+    /// The batch in flight was delivered: what it held. Its memory is kept
+    /// for the next backlog, which will likely be as long.
+    fn acknowledge(&mut self) -> Pending {
+        let Some((batch, pending)) = self.in_flight.take() else {
+            return Pending::default();
+        };
+        let mut entries = batch.into_entries();
+        let used = entries.len();
+        entries.clear();
+        if self.backlog.is_empty() && entries.capacity() > self.backlog.capacity() {
+            // Unless mostly unused (many more keys were in use once).
+            if entries.capacity() / 4 <= used {
+                self.backlog = entries;
+            }
+        }
+        pending
+    }
+
+    /// Counts not yet delivered.
+    fn pending(&self) -> Pending {
+        let mut p = self.backlog_pending;
+        if let Some((_, in_flight)) = &self.in_flight {
+            p += *in_flight;
+        }
+        p
+    }
+
+    /// Checks what is kept up to date as entries come and go (debug builds:
+    /// the tests).
+    fn check(&self) {
+        if cfg!(debug_assertions) {
+            let count = |entries: &[B::Entry]| Pending {
+                keys: entries.len() as u64,
+                increments: entries.iter().map(Entry::requests).sum(),
+            };
+            assert_eq!(self.backlog_pending, count(&self.backlog));
+            if let Some((batch, pending)) = &self.in_flight {
+                assert_eq!(*pending, count(batch.entries()));
+            }
+            assert!(self.backlog.iter().all(|e| e.requests() > 0));
+            let keys: std::collections::HashSet<_> = self.backlog.iter().map(Entry::key).collect();
+            assert_eq!(keys.len(), self.backlog.len(), "one entry per key");
+            assert!(self.index.is_empty() || self.index.len() == self.backlog.len());
+            for (key, i) in &self.index {
+                assert!(self.backlog[*i].key() == *key, "index points at its key");
+            }
         }
     }
 }
 
 /// Both outboxes; locked for a whole flush, so two flushes (the timer and
 /// a shutdown) cannot interleave.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Outboxes {
-    store: Outbox<KeyId, UsageBatch>,
-    /// `last_used_at` of each key in the store backlog.
-    last_used: HashMap<KeyId, OffsetDateTime>,
-    redis: Outbox<(KeyId, MonthId), RedisBatch>,
-}
-
-fn pending_of<'a>(counts: impl Iterator<Item = &'a u64>) -> Pending {
-    let mut p = Pending::default();
-    for n in counts.filter(|n| **n > 0) {
-        p.keys += 1;
-        p.increments += n;
-    }
-    p
+    store: Outbox<UsageBatch>,
+    redis: Outbox<RedisBatch>,
 }
 
 impl Outboxes {
-    /// Counts not yet in the store.
-    pub(crate) fn store_pending(&self) -> Pending {
-        let in_flight = self.store.in_flight.iter().flat_map(|b| &b.deltas);
-        pending_of(
-            self.store
-                .backlog
-                .values()
-                .chain(in_flight.map(|d| &d.requests)),
-        )
+    /// How this flush may file into each outbox (see [`Fresh`]).
+    fn fresh(&self, carried: bool) -> Fresh {
+        Fresh {
+            store: !carried && self.store.backlog.is_empty(),
+            redis: !carried && self.redis.backlog.is_empty(),
+        }
     }
 
-    /// Counts not yet in Redis.
-    fn redis_pending(&self) -> Pending {
-        let in_flight = self.redis.in_flight.iter().flat_map(|b| &b.counts);
-        pending_of(
-            self.redis
-                .backlog
-                .values()
-                .chain(in_flight.map(|(_, _, n)| n)),
-        )
-    }
-
-    /// Files counts taken from the cells. Synchronous: nothing taken may be
-    /// held across an await outside the outboxes.
-    fn file(&mut self, taken: Taken, now: OffsetDateTime, redis: bool) {
-        for (id, month, n) in taken {
-            *self.store.backlog.entry(id.clone()).or_default() += n;
-            self.last_used.insert(id.clone(), now);
-            if redis {
-                *self.redis.backlog.entry((id, month)).or_default() += n;
+    /// Files counts of `id` taken from its cell (or carried), by month.
+    /// Synchronous: nothing taken may be held across an await outside the
+    /// outboxes.
+    fn file(
+        &mut self,
+        id: &KeyId,
+        counts: [(MonthId, u64); 2],
+        now: OffsetDateTime,
+        redis: bool,
+        fresh: Fresh,
+    ) {
+        let mut counts = counts;
+        if counts[0].0 == counts[1].0 {
+            // One month in both slots (never with counts in both, but one
+            // entry per key and month whatever happens).
+            counts[0].1 += std::mem::take(&mut counts[1].1);
+        }
+        let requests = counts[0].1 + counts[1].1;
+        if requests == 0 {
+            return;
+        }
+        let delta = UsageDelta {
+            key_id: id.clone(),
+            requests,
+            last_used_at: now,
+        };
+        self.store.file(delta, fresh.store);
+        if redis {
+            for (month, n) in counts {
+                if n > 0 {
+                    self.redis.file((id.clone(), month, n), fresh.redis);
+                }
             }
         }
-    }
-
-    fn next_store_batch(&mut self) -> Option<&UsageBatch> {
-        if self.store.in_flight.is_none() && !self.store.backlog.is_empty() {
-            let deltas = self
-                .store
-                .backlog
-                .drain()
-                .map(|(key_id, requests)| UsageDelta {
-                    last_used_at: self
-                        .last_used
-                        .remove(&key_id)
-                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                    key_id,
-                    requests,
-                })
-                .collect();
-            self.store.in_flight = Some(UsageBatch {
-                id: uuid::Uuid::new_v4(),
-                deltas,
-            });
-        }
-        self.store.in_flight.as_ref()
-    }
-
-    fn next_redis_batch(&mut self) -> Option<&RedisBatch> {
-        if self.redis.in_flight.is_none() && !self.redis.backlog.is_empty() {
-            let counts = self
-                .redis
-                .backlog
-                .drain()
-                .map(|((id, month), n)| (id, month, n))
-                .collect();
-            self.redis.in_flight = Some(RedisBatch {
-                id: uuid::Uuid::new_v4(),
-                counts,
-            });
-        }
-        self.redis.in_flight.as_ref()
     }
 }
 
@@ -152,18 +293,38 @@ const BATCHES_PER_FLUSH: usize = 2;
 impl Usage {
     /// One flush: file new counts, then offer each destination its batch in
     /// flight and the next one. Returns what is left undelivered.
+    ///
+    /// New counts are taken and filed one registry shard at a time, with a
+    /// yield to the runtime after each: on a single-threaded runtime (or
+    /// the worker a request shares with this task) requests are served in
+    /// between, instead of waiting for every key to be filed. Each shard's
+    /// counts are in the outboxes before the yield.
     pub(crate) async fn flush(&self, sink: &dyn Sink, now: OffsetDateTime) -> Left {
         let mut boxes = self.outboxes.lock().await;
-        boxes.file(self.take(), now, sink.has_redis());
+        let redis = sink.has_redis();
+        let carried = self.take_carried();
+        let fresh = boxes.fresh(!carried.is_empty());
+        for (id, month, n) in carried {
+            boxes.file(&id, [(month, n), (month, 0)], now, redis, fresh);
+        }
+        self.publish(&boxes);
+        for shard in 0..super::SHARDS {
+            self.take_shard(shard, |id, counts| {
+                boxes.file(id, counts, now, redis, fresh);
+            });
+            self.publish(&boxes);
+            tokio::task::yield_now().await;
+        }
         for _ in 0..BATCHES_PER_FLUSH {
-            let Some(batch) = boxes.next_store_batch() else {
+            let Some(batch) = boxes.store.next_batch() else {
                 break;
             };
             match sink.to_store(batch).await {
                 Ok(()) => {
-                    let n: u64 = batch.deltas.iter().map(|d| d.requests).sum();
-                    self.flushed.fetch_add(n, Ordering::Relaxed);
-                    boxes.store.in_flight = None;
+                    let delivered = boxes.store.acknowledge();
+                    self.flushed
+                        .fetch_add(delivered.increments, Ordering::Relaxed);
+                    self.publish(&boxes);
                 }
                 Err(e) => {
                     self.flush_errors.fetch_add(1, Ordering::Relaxed);
@@ -175,11 +336,13 @@ impl Usage {
         // Redis is delivered independently, so an outage of either never
         // holds up the other: counts wait in the backlog meanwhile.
         for _ in 0..BATCHES_PER_FLUSH {
-            let Some(batch) = boxes.next_redis_batch() else {
+            let Some(batch) = boxes.redis.next_batch() else {
                 break;
             };
             match sink.to_redis(batch).await {
-                Ok(()) => boxes.redis.in_flight = None,
+                Ok(()) => {
+                    boxes.redis.acknowledge();
+                }
                 Err(e) => {
                     self.flush_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(batch = %batch.id, error = %e, "usage flush to redis failed; the same batch will be retried");
@@ -187,10 +350,20 @@ impl Usage {
                 }
             }
         }
+        boxes.store.check();
+        boxes.redis.check();
         Left {
-            store: boxes.store_pending(),
-            redis: boxes.redis_pending(),
+            store: boxes.store.pending(),
+            redis: boxes.redis.pending(),
         }
+    }
+
+    /// Makes what the store's outbox holds visible to [`pending`](Self::pending).
+    fn publish(&self, boxes: &Outboxes) {
+        let p = boxes.store.pending();
+        self.outbox_keys.store(p.keys, Ordering::Relaxed);
+        self.outbox_increments
+            .store(p.increments, Ordering::Relaxed);
     }
 }
 
@@ -290,8 +463,17 @@ impl Sink for ApiKeyCache {
         inv.key(format!("{prefix}usage-batch:{}", batch.id))
             .arg(MARKER_TTL_MS)
             .arg(COUNT_TTL_MS);
+        // The month's part made once per batch (most have one month).
+        let mut tags: Vec<(MonthId, String)> = Vec::with_capacity(2);
         for (id, month, n) in &batch.counts {
-            inv.key(usage_key(prefix, id, *month));
+            let i = match tags.iter().position(|(m, _)| m == month) {
+                Some(i) => i,
+                None => {
+                    tags.push((*month, month.tag()));
+                    tags.len() - 1
+                }
+            };
+            inv.key(usage_key(prefix, id, &tags[i].1));
             inv.arg(*n);
         }
         let applied = l2
@@ -311,9 +493,15 @@ impl Sink for ApiKeyCache {
     }
 }
 
-/// The Redis key of `id`'s request count in `month`.
-pub(crate) fn usage_key(prefix: &str, id: &KeyId, month: MonthId) -> String {
-    format!("{prefix}usage:{id}:{}", month.tag())
+/// The Redis key of `id`'s request count in the month `tag`
+/// ([`MonthId::tag`]).
+pub(crate) fn usage_key(prefix: &str, id: &KeyId, tag: &str) -> String {
+    let parts = [prefix, "usage:", id.as_str(), ":", tag];
+    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        key.push_str(part);
+    }
+    key
 }
 
 impl ApiKeyCache {
@@ -378,5 +566,226 @@ impl ApiKeyCache {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Records what it is sent; fails while told to.
+    #[derive(Default)]
+    struct Recorder {
+        store: Mutex<Vec<UsageBatch>>,
+        redis: Mutex<Vec<RedisBatch>>,
+        store_down: AtomicBool,
+        with_redis: bool,
+        /// Called (with the usage) at each delivery to the store.
+        on_store: Option<Box<dyn Fn() + Send + Sync>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Recorder {
+        async fn to_store(&self, batch: &UsageBatch) -> Result<(), StoreError> {
+            if let Some(f) = &self.on_store {
+                f();
+            }
+            if self.store_down.load(Ordering::SeqCst) {
+                return Err(StoreError::Timeout);
+            }
+            self.store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(batch.clone());
+            Ok(())
+        }
+        async fn to_redis(&self, batch: &RedisBatch) -> Result<(), String> {
+            self.redis
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(batch.clone());
+            Ok(())
+        }
+        fn has_redis(&self) -> bool {
+            self.with_redis
+        }
+    }
+
+    fn id(i: usize) -> KeyId {
+        KeyId::new(format!("key_{i}"))
+    }
+
+    const T0: i64 = 1_900_000_000_000_000_000;
+
+    fn at(nanos: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// Totals per key of what the store was sent.
+    fn totals(batches: &[UsageBatch]) -> HashMap<KeyId, u64> {
+        let mut t = HashMap::new();
+        for b in batches {
+            let mut seen = std::collections::HashSet::new();
+            for d in &b.deltas {
+                assert!(
+                    seen.insert(d.key_id.clone()),
+                    "one delta per key in a batch"
+                );
+                *t.entry(d.key_id.clone()).or_default() += d.requests;
+            }
+        }
+        t
+    }
+
+    #[tokio::test]
+    async fn backlog_merges_what_waits_behind_a_failed_batch() {
+        let usage = Usage::new();
+        let sink = Recorder {
+            with_redis: true,
+            ..Recorder::default()
+        };
+        let cells: Vec<_> = (0..100).map(|i| usage.cell(&id(i))).collect();
+        for (i, cell) in cells.iter().enumerate() {
+            for _ in 0..=i % 3 {
+                usage.count(cell, T0);
+            }
+        }
+        sink.store_down.store(true, Ordering::SeqCst);
+        let left = usage.flush(&sink, at(T0)).await;
+        assert_eq!(
+            left.store,
+            Pending {
+                keys: 100,
+                increments: 199
+            }
+        );
+        assert_eq!(left.redis, Pending::default(), "redis is independent");
+        assert_eq!(usage.pending(), left.store);
+        // Two more rounds while the store is down: the first batch waits
+        // in flight, newer counts merge in the backlog (one entry per key).
+        for round in 0..2 {
+            for cell in &cells[..50] {
+                usage.count(cell, T0 + 1);
+            }
+            let later = at(T0 + 1_000_000_000 * (round + 1));
+            let left = usage.flush(&sink, later).await;
+            assert_eq!(left.store.increments, 199 + 50 * (round as u64 + 1));
+            assert_eq!(left.store.keys, 100 + 50, "in flight + backlog");
+        }
+        sink.store_down.store(false, Ordering::SeqCst);
+        let left = usage.flush(&sink, at(T0 + 5_000_000_000)).await;
+        assert_eq!(left, Left::default());
+        assert_eq!(usage.pending(), Pending::default());
+        let store = sink.store.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(store.len(), 2, "the batch retried, then the merged backlog");
+        let t = totals(&store);
+        for i in 0..100 {
+            let expected = (i % 3 + 1) as u64 + if i < 50 { 2 } else { 0 };
+            assert_eq!(t[&id(i)], expected, "key {i}");
+        }
+        let merged = &store[1];
+        assert_eq!(merged.deltas.len(), 50);
+        assert!(
+            merged
+                .deltas
+                .iter()
+                .all(|d| d.last_used_at == at(T0 + 2_000_000_000)),
+            "the later flush's time"
+        );
+        assert_eq!(usage.flushed.load(Ordering::Relaxed), 299);
+        let redis = sink.redis.lock().unwrap_or_else(|e| e.into_inner());
+        let n: u64 = redis.iter().flat_map(|b| &b.counts).map(|c| c.2).sum();
+        assert_eq!(n, 299);
+    }
+
+    #[tokio::test]
+    async fn cells_nobody_holds_leave_once_taken() {
+        let usage = Usage::new();
+        let sink = Recorder::default();
+        let held = usage.cell(&id(1));
+        let dropped = usage.cell(&id(2));
+        usage.count(&held, T0);
+        usage.count(&dropped, T0);
+        usage.count(&dropped, T0);
+        drop(dropped);
+        assert_eq!(
+            usage.pending(),
+            Pending {
+                keys: 2,
+                increments: 3
+            }
+        );
+        assert_eq!(usage.flush(&sink, at(T0)).await, Left::default());
+        assert_eq!(
+            totals(&sink.store.lock().unwrap_or_else(|e| e.into_inner())).get(&id(2)),
+            Some(&2)
+        );
+        let registered: usize = usage
+            .shards
+            .iter()
+            .map(|s| super::super::lock(s).len())
+            .sum();
+        assert_eq!(registered, 1, "only the held cell stays");
+        assert!(Arc::ptr_eq(&held, &usage.cell(&id(1))));
+    }
+
+    /// On a single-threaded runtime, other tasks run while a flush files
+    /// its counts, and never see a count missing: each shard's counts are
+    /// in the outboxes before the flush yields.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flush_lets_other_tasks_run_and_loses_sight_of_nothing() {
+        let usage = Arc::new(Usage::new());
+        let keys = 2_000;
+        let cells: Vec<_> = (0..keys).map(|i| usage.cell(&id(i))).collect();
+        for cell in &cells {
+            usage.count(cell, T0);
+        }
+        let polls = Arc::new(AtomicUsize::new(0));
+        let polls_at_delivery = Arc::new(AtomicUsize::new(usize::MAX));
+        let sink = Recorder {
+            on_store: Some(Box::new({
+                let (polls, at_delivery) = (polls.clone(), polls_at_delivery.clone());
+                move || at_delivery.store(polls.load(Ordering::SeqCst), Ordering::SeqCst)
+            })),
+            ..Recorder::default()
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn({
+            let (usage, polls, done) = (usage.clone(), polls.clone(), done.clone());
+            async move {
+                while !done.load(Ordering::SeqCst) {
+                    let p = usage.pending();
+                    if p.increments != 0 {
+                        assert_eq!(
+                            p,
+                            Pending {
+                                keys: keys as u64,
+                                increments: keys as u64
+                            }
+                        );
+                    }
+                    polls.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        assert_eq!(usage.flush(&sink, at(T0)).await, Left::default());
+        done.store(true, Ordering::SeqCst);
+        watcher
+            .await
+            .expect("the watcher saw every count at all times");
+        let interleaved = polls_at_delivery.load(Ordering::SeqCst);
+        assert!(
+            interleaved >= super::super::SHARDS - 1,
+            "the other task ran between shards: {interleaved} times"
+        );
+        let store = sink.store.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(totals(&store).len(), keys);
+        assert_eq!(usage.pending(), Pending::default());
     }
 }

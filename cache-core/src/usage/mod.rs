@@ -18,6 +18,17 @@
 //! one destination never holds up the other. Memory is bounded by the
 //! number of keys (and months): a cell leaves the registry once it is empty
 //! and no cache entry holds it.
+//!
+//! Cheap with every key in use, and never one long burst: a flush takes
+//! and files one registry shard at a time and yields to the runtime in
+//! between (the flusher may share a thread with requests), each shard's
+//! counts in the outboxes before the yield. A backlog is a list in batch
+//! order, appended to without a lookup when it was empty at the start of
+//! the flush (the usual case: each key comes once), and indexed by key
+//! only when newer counts must merge behind an undelivered batch; a
+//! delivered batch's list is reused for the next backlog. Key ids are
+//! shared strings (a clone is a reference count), and the maps hash them
+//! with ahash. `benches/examples/flush_cost.rs` counts the instructions.
 
 mod flush;
 mod months;
@@ -27,10 +38,16 @@ pub use flush::ShutdownError;
 pub(crate) use months::MonthId;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::KeyId;
+
+/// The maps of this module: keyed by key ids, with ahash rather than the
+/// standard library's SipHash (several times cheaper on short strings),
+/// seeded at random per process as SipHash is, so that ids which an
+/// adversary picked (imported keys) cannot be aimed at one bucket.
+pub(crate) type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// Requests counted for one key since its counts were last taken, by month
 /// slot (see `months.rs`).
@@ -48,11 +65,24 @@ impl UsageCell {
     fn load(&self) -> u64 {
         self.pending.iter().map(|p| p.load(Ordering::Relaxed)).sum()
     }
+
+    /// Takes what `slot` counted; a load first, so that an idle slot (the
+    /// other month's, most of the time) costs no atomic write.
+    #[inline]
+    fn take(&self, slot: usize) -> u64 {
+        let p = &self.pending[slot];
+        if p.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        p.swap(0, Ordering::AcqRel)
+    }
 }
 
-const SHARDS: usize = 16;
+/// Registry shards. A flush takes and files one shard at a time, and lets
+/// other tasks run in between: the more shards, the shorter each step.
+const SHARDS: usize = 32;
 
-type Shard = Mutex<HashMap<KeyId, Arc<UsageCell>>>;
+type Shard = Mutex<Map<KeyId, Arc<UsageCell>>>;
 
 /// Outstanding counts for health and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,49 +91,65 @@ pub(crate) struct Pending {
     pub(crate) increments: u64,
 }
 
+impl std::ops::AddAssign for Pending {
+    fn add_assign(&mut self, other: Self) {
+        self.keys += other.keys;
+        self.increments += other.increments;
+    }
+}
+
+impl std::ops::SubAssign for Pending {
+    fn sub_assign(&mut self, other: Self) {
+        self.keys = self.keys.saturating_sub(other.keys);
+        self.increments = self.increments.saturating_sub(other.increments);
+    }
+}
+
 pub(crate) struct Usage {
     shards: Vec<Shard>,
+    /// Picks a key's shard.
+    shard_of: ahash::RandomState,
     months: months::Months,
     /// Counts moved out of a month slot that was about to be reused, for
     /// the next flush (only when no flush ran for a whole month).
     carried: Mutex<Vec<(KeyId, MonthId, u64)>>,
     /// Counts on their way to the store, and to Redis.
     outboxes: tokio::sync::Mutex<flush::Outboxes>,
+    /// What the store's outbox holds, as of its last change: read by
+    /// [`pending`](Self::pending) without waiting for a flush to end.
+    outbox_keys: AtomicU64,
+    outbox_increments: AtomicU64,
     pub(crate) flush_errors: AtomicU64,
     pub(crate) flushed: AtomicU64,
-}
-
-fn shard_of(id: &KeyId) -> usize {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_str());
-    (h as usize) % SHARDS
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counts taken out of the cells: one entry per key and month.
-pub(crate) type Taken = Vec<(KeyId, MonthId, u64)>;
-
 impl Usage {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shard_of: ahash::RandomState::new(),
             months: months::Months::default(),
             carried: Mutex::new(Vec::new()),
             outboxes: tokio::sync::Mutex::new(flush::Outboxes::default()),
+            outbox_keys: AtomicU64::new(0),
+            outbox_increments: AtomicU64::new(0),
             flush_errors: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
         }
     }
 
+    fn shard(&self, id: &KeyId) -> &Shard {
+        let h = self.shard_of.hash_one(id.as_str());
+        &self.shards[(h as usize) % SHARDS]
+    }
+
     /// The cell of `id`, shared with every cache entry of that key.
     pub(crate) fn cell(&self, id: &KeyId) -> Arc<UsageCell> {
-        lock(&self.shards[shard_of(id)])
-            .entry(id.clone())
-            .or_default()
-            .clone()
+        lock(self.shard(id)).entry(id.clone()).or_default().clone()
     }
 
     /// Counts one request of `cell`'s key, served at `nanos` (since the
@@ -131,53 +177,55 @@ impl Usage {
         }
     }
 
-    /// Moves every cell's counts out, by key and month; drops idle cells.
-    /// Never awaits: counts taken out of the cells live only in the
-    /// returned list, so the caller must store them before its next await.
-    fn take(&self) -> Taken {
+    /// Counts moved out of reused month slots, by key and month (a key may
+    /// appear more than once). Never awaits: the caller must file them
+    /// before its next await.
+    fn take_carried(&self) -> Vec<(KeyId, MonthId, u64)> {
+        std::mem::take(&mut *lock(&self.carried))
+    }
+
+    /// Moves the counts of shard `i`'s cells, by key and month, to
+    /// `file(id, [(month, n); 2])` (each key once); drops cells that no
+    /// cache entry holds any more. Never awaits, and `file` must not
+    /// either: counts taken out of the cells must be in the outboxes before
+    /// the caller's next await.
+    fn take_shard(&self, i: usize, mut file: impl FnMut(&KeyId, [(MonthId, u64); 2])) {
         self.months.with_months(|months| {
-            let mut taken = std::mem::take(&mut *lock(&self.carried));
-            for shard in &self.shards {
-                lock(shard).retain(|id, cell| {
-                    let mut any = false;
-                    for (slot, month) in months.iter().enumerate() {
-                        let n = cell.pending[slot].swap(0, Ordering::AcqRel);
-                        if n > 0 {
-                            taken.push((id.clone(), *month, n));
-                            any = true;
-                        }
-                    }
-                    // Keep cells that cache entries still point at:
-                    // dropping one would detach its future counts.
-                    any || Arc::strong_count(cell) > 1
-                });
-            }
-            taken
-        })
+            lock(&self.shards[i]).retain(|id, cell| {
+                // Whether a cache entry (or a request) still holds the cell,
+                // read before its counts: once only this locked registry
+                // holds it, nothing can count into it any more, and the
+                // fence makes every count made before the last other
+                // holder let go visible to the takes below.
+                let shared = Arc::strong_count(cell) > 1;
+                fence(Ordering::Acquire);
+                let n = [cell.take(0), cell.take(1)];
+                if n != [0, 0] {
+                    file(id, [(months[0], n[0]), (months[1], n[1])]);
+                }
+                // Cells that cache entries still point at stay: dropping
+                // one would detach its future counts.
+                shared
+            });
+        });
     }
 
     /// Counts not yet acknowledged by the store.
     pub(crate) fn pending(&self) -> Pending {
         let mut p = Pending::default();
-        let mut add = |n: u64| {
-            if n > 0 {
-                p.keys += 1;
-                p.increments += n;
-            }
-        };
         for shard in &self.shards {
             for cell in lock(shard).values() {
-                add(cell.load());
+                let n = cell.load();
+                p.keys += u64::from(n > 0);
+                p.increments += n;
             }
         }
         for (_, _, n) in lock(&self.carried).iter() {
-            add(*n);
+            p.keys += u64::from(*n > 0);
+            p.increments += n;
         }
-        if let Ok(outboxes) = self.outboxes.try_lock() {
-            let store = outboxes.store_pending();
-            p.keys += store.keys;
-            p.increments += store.increments;
-        }
+        p.keys += self.outbox_keys.load(Ordering::Relaxed);
+        p.increments += self.outbox_increments.load(Ordering::Relaxed);
         p
     }
 }
