@@ -14,7 +14,8 @@ use crate::{KeyHash, KeyHasher, KeyId, KeyRecord, KeyStatus};
 
 #[derive(Default)]
 struct Inner {
-    by_id: HashMap<KeyId, Row>,
+    /// ahash: every usage flush looks up each key used since the last one.
+    by_id: HashMap<KeyId, Row, ahash::RandomState>,
     by_hash: HashMap<KeyHash, KeyId>,
     applied_batches: HashSet<uuid::Uuid>,
 }
