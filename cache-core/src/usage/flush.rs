@@ -703,6 +703,85 @@ mod tests {
         assert_eq!(n, 299);
     }
 
+    /// Counts carried out of a reused month slot repeat keys the cells
+    /// still count for: still one store delta per key, one Redis count per
+    /// key and month, before and behind a failed batch.
+    #[tokio::test]
+    async fn carried_counts_merge_with_the_cells() {
+        use time::macros::datetime;
+        let nanos = |t: OffsetDateTime| i64::try_from(t.unix_timestamp_nanos()).unwrap_or(0);
+        let (jan, feb, mar) = (
+            datetime!(2030-01-20 12:00 UTC),
+            datetime!(2030-02-20 12:00 UTC),
+            datetime!(2030-03-20 12:00 UTC),
+        );
+        let usage = Usage::new();
+        let sink = Recorder {
+            with_redis: true,
+            ..Recorder::default()
+        };
+        let cells: Vec<_> = (0..3).map(|i| usage.cell(&id(i))).collect();
+        let count_all = |t: OffsetDateTime, times: usize| {
+            for cell in &cells {
+                for _ in 0..times {
+                    usage.count(cell, nanos(t));
+                }
+            }
+        };
+        count_all(jan, 1);
+        count_all(feb, 2);
+        count_all(mar, 4); // January's slot is reused: its counts carried
+        assert_eq!(
+            usage.pending(),
+            Pending {
+                keys: 6,
+                increments: 21
+            },
+            "cells and carried"
+        );
+        sink.store_down.store(true, Ordering::SeqCst);
+        assert_eq!(usage.flush(&sink, mar).await.store.increments, 21);
+        count_all(mar, 64);
+        // A batch in flight, a backlog behind it.
+        assert_eq!(usage.flush(&sink, mar).await.store.keys, 6);
+        count_all(mar, 8);
+        count_all(datetime!(2030-04-02 0:00 UTC), 16);
+        count_all(datetime!(2030-05-02 0:00 UTC), 32); // March's 8 carried
+        sink.store_down.store(false, Ordering::SeqCst);
+        assert_eq!(usage.flush(&sink, mar).await, Left::default());
+        let store = sink.store.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(store.len(), 2, "the batch in flight, then the backlog");
+        assert!(store.iter().all(|b| b.deltas.len() == 3));
+        let t = totals(&store);
+        assert!((0..3).all(|i| t[&id(i)] == 1 + 2 + 4 + 64 + 8 + 16 + 32));
+        let mut by_month: HashMap<(KeyId, String), u64> = HashMap::new();
+        for b in sink.redis.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let mut seen = std::collections::HashSet::new();
+            for (key, month, n) in &b.counts {
+                assert!(
+                    seen.insert((key.clone(), *month)),
+                    "one count per key and month"
+                );
+                *by_month.entry((key.clone(), month.tag())).or_default() += n;
+            }
+        }
+        for i in 0..3 {
+            for (month, n) in [
+                ("2030-01", 1),
+                ("2030-02", 2),
+                ("2030-03", 4 + 64 + 8),
+                ("2030-04", 16),
+                ("2030-05", 32),
+            ] {
+                assert_eq!(
+                    by_month[&(id(i), month.to_owned())],
+                    n,
+                    "key {i} in {month}"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn cells_nobody_holds_leave_once_taken() {
         let usage = Usage::new();
