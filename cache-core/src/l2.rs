@@ -403,6 +403,18 @@ impl L2 {
             .await
     }
 
+    /// [`call`](Self::call) with `budgets` command budgets, for a command
+    /// that carries a long script or many keys.
+    pub(crate) async fn call_long<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        budgets: u32,
+    ) -> Result<T, L2Error> {
+        let mut conn = self.conn.clone();
+        self.guarded(self.timeout * budgets, cmd.query_async(&mut conn))
+            .await
+    }
+
     async fn call_pipe(&self, pipe: &redis::Pipeline) -> Result<(), L2Error> {
         let mut conn = self.conn.clone();
         // A pipeline carries many commands: give it a few command budgets.

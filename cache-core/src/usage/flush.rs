@@ -458,14 +458,19 @@ impl Sink for ApiKeyCache {
             return Ok(());
         };
         let prefix = &self.inner.config.key_prefix;
-        let script = redis::Script::new(REDIS_FLUSH);
-        let mut inv = script.prepare_invoke();
-        inv.key(format!("{prefix}usage-batch:{}", batch.id))
-            .arg(MARKER_TTL_MS)
-            .arg(COUNT_TTL_MS);
+        // EVAL, built straight into one command buffer: keys and counts are
+        // copied once, where a `ScriptInvocation` allocates each of them
+        // and copies them again into its EVALSHA. Redis compiles the
+        // script once and keeps it; its text is a few hundred bytes beside
+        // the keys.
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REDIS_FLUSH)
+            .arg(batch.counts.len() + 1)
+            .arg(format!("{prefix}usage-batch:{}", batch.id));
         // The month's part made once per batch (most have one month).
         let mut tags: Vec<(MonthId, String)> = Vec::with_capacity(2);
-        for (id, month, n) in &batch.counts {
+        let mut key = String::new();
+        for (id, month, _) in &batch.counts {
             let i = match tags.iter().position(|(m, _)| m == month) {
                 Some(i) => i,
                 None => {
@@ -473,11 +478,17 @@ impl Sink for ApiKeyCache {
                     tags.len() - 1
                 }
             };
-            inv.key(usage_key(prefix, id, &tags[i].1));
-            inv.arg(*n);
+            key.clear();
+            push_usage_key(&mut key, prefix, id, &tags[i].1);
+            cmd.arg(key.as_str());
         }
+        cmd.arg(MARKER_TTL_MS).arg(COUNT_TTL_MS);
+        for (_, _, n) in &batch.counts {
+            cmd.arg(*n);
+        }
+        // Two budgets, as for a script's first run (load, then run).
         let applied = l2
-            .call_script::<i64>(&inv)
+            .call_long::<i64>(&cmd, 2)
             .await
             .map_err(|e| e.to_string())?;
         if applied > 1 {
@@ -493,15 +504,12 @@ impl Sink for ApiKeyCache {
     }
 }
 
-/// The Redis key of `id`'s request count in the month `tag`
-/// ([`MonthId::tag`]).
-pub(crate) fn usage_key(prefix: &str, id: &KeyId, tag: &str) -> String {
-    let parts = [prefix, "usage:", id.as_str(), ":", tag];
-    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for part in parts {
-        key.push_str(part);
+/// Appends the Redis key of `id`'s request count in the month `tag`
+/// ([`MonthId::tag`]) to `out`.
+fn push_usage_key(out: &mut String, prefix: &str, id: &KeyId, tag: &str) {
+    for part in [prefix, "usage:", id.as_str(), ":", tag] {
+        out.push_str(part);
     }
-    key
 }
 
 impl ApiKeyCache {
