@@ -217,3 +217,56 @@ fn apikey_cache_month_now() -> String {
     let now = time::OffsetDateTime::now_utc();
     format!("{:04}-{:02}", now.year(), u8::from(now.month()))
 }
+
+/// A batch of more keys than are put in its command between two yields to
+/// the runtime (the command is built in steps) lands whole: every key's
+/// count, one marker, and the same totals in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_thousands_of_keys_lands_whole() {
+    let redis = RedisServer::start();
+    let mem = Arc::new(MemoryStore::new());
+    let store = GatedStore::new(mem.clone());
+    let clock = Arc::new(ManualClock::new(
+        time::macros::datetime!(2030-03-10 10:00 UTC),
+    ));
+    let cache = cache(store, &redis, clock).await;
+    let n = 2_500;
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let plaintext = format!("ak_many_{i:06}");
+        let id = KeyId::new(format!("key_{i}"));
+        mem.insert(apikey_cache::KeyRecord::new(
+            id.clone(),
+            cache.hash_key(&plaintext),
+            "acme",
+            apikey_cache::Scopes::new(["a"]),
+        ));
+        serve(&cache, &plaintext, i % 3 + 1).await;
+        ids.push(id);
+    }
+    assert!(cache.flush_usage().await);
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| format!("apikey-cache:usage:{id}:2030-03"))
+        .collect();
+    let counts: Vec<Option<u64>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query(&mut redis.conn())
+        .unwrap();
+    for (i, c) in counts.iter().enumerate() {
+        assert_eq!(*c, Some((i % 3 + 1) as u64), "key_{i} in redis");
+    }
+    let markers: Vec<String> = redis::cmd("KEYS")
+        .arg("apikey-cache:usage-batch:*")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(markers.len(), 1, "one batch");
+    for (i, id) in ids.iter().enumerate().step_by(97) {
+        let details = mem.key_details(id).await.unwrap().unwrap();
+        assert_eq!(
+            details.total_requests,
+            (i % 3 + 1) as u64,
+            "key_{i} in the store"
+        );
+    }
+}

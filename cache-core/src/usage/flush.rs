@@ -433,6 +433,9 @@ redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 return 1 + bad
 ";
 
+/// Keys put in a Redis batch's command between two yields to the runtime.
+const YIELD_EVERY: usize = 1024;
+
 /// How long a batch marker is kept: longer than any retry of its batch.
 const MARKER_TTL_MS: u64 = 86_400_000;
 
@@ -470,7 +473,11 @@ impl Sink for ApiKeyCache {
         // The month's part made once per batch (most have one month).
         let mut tags: Vec<(MonthId, String)> = Vec::with_capacity(2);
         let mut key = String::new();
-        for (id, month, _) in &batch.counts {
+        for (done, (id, month, _)) in batch.counts.iter().enumerate() {
+            if done % YIELD_EVERY == YIELD_EVERY - 1 {
+                // Long batches are built in steps, like the filing.
+                tokio::task::yield_now().await;
+            }
             let i = match tags.iter().position(|(m, _)| m == month) {
                 Some(i) => i,
                 None => {
