@@ -350,29 +350,10 @@ async fn serve(demo: Demo, bind: std::net::SocketAddr) -> Result<(), SetupError>
     Ok(())
 }
 
-async fn run(args: DemoArgs) -> ExitCode {
-    let demo = match Demo::start(&args).await {
-        Ok(demo) => demo,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::FAILURE;
-        }
-    };
-    let cache = demo.cache().clone();
-    if let Err(e) = serve(demo, args.bind).await {
-        tracing::error!(error = %e, "cannot serve");
-        // Nothing was served, but the bootstrap may have counted nothing
-        // either: still flush, then report the failure.
-        let _ = setup::flush_on_exit(&cache).await;
-        return ExitCode::FAILURE;
-    }
-    setup::flush_on_exit(&cache).await
-}
-
 fn main() -> ExitCode {
     let args = DemoArgs::parse();
     setup::init_tracing();
     // The cache and its background tasks live on this system's runtime;
     // the workers (threads of their own) share it by cloning.
-    actix_web::rt::System::new().block_on(run(args))
+    actix_web::rt::System::new().block_on(setup::run(&args, serve))
 }

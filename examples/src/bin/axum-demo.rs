@@ -298,20 +298,5 @@ async fn serve(demo: Demo, bind: std::net::SocketAddr) -> Result<(), SetupError>
 async fn main() -> ExitCode {
     let args = DemoArgs::parse();
     setup::init_tracing();
-    let demo = match Demo::start(&args).await {
-        Ok(demo) => demo,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::FAILURE;
-        }
-    };
-    let cache = demo.cache().clone();
-    if let Err(e) = serve(demo, args.bind).await {
-        tracing::error!(error = %e, "cannot serve");
-        // Nothing was served, but the bootstrap may have counted nothing
-        // either: still flush, then report the failure.
-        let _ = setup::flush_on_exit(&cache).await;
-        return ExitCode::FAILURE;
-    }
-    setup::flush_on_exit(&cache).await
+    setup::run(&args, serve).await
 }

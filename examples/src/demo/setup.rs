@@ -309,6 +309,32 @@ impl Demo {
     }
 }
 
+/// A demo's whole life, whatever the framework: start ([`Demo::start`]),
+/// `serve` (until [`shutdown_signal`]), then the final usage flush
+/// ([`flush_on_exit`]); returns the process exit code.
+pub async fn run<F, Fut>(args: &DemoArgs, serve: F) -> ExitCode
+where
+    F: FnOnce(Demo, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<(), SetupError>>,
+{
+    let demo = match Demo::start(args).await {
+        Ok(demo) => demo,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cache = demo.cache().clone();
+    if let Err(e) = serve(demo, args.bind).await {
+        tracing::error!(error = %e, "cannot serve");
+        // Nothing was served, but the bootstrap may have counted nothing
+        // either: still flush, then report the failure.
+        let _ = flush_on_exit(&cache).await;
+        return ExitCode::FAILURE;
+    }
+    flush_on_exit(&cache).await
+}
+
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
