@@ -250,12 +250,9 @@ impl ApiKeyCacheBuilder {
             ));
             tokio::spawn(crate::audit::ticker(Arc::downgrade(&cache.inner.audit)));
         }
-        if let Some(l2) = &cache.inner.l2 {
+        if cache.inner.l2.is_some() {
             tokio::spawn(crate::invalidation::retrier(Arc::downgrade(&cache.inner)));
-            tokio::spawn(events::subscriber(
-                Arc::downgrade(&cache.inner),
-                l2.client().clone(),
-            ));
+            tokio::spawn(events::subscriber(Arc::downgrade(&cache.inner)));
         }
         crate::warm::start(&cache);
         Ok(cache)

@@ -18,7 +18,10 @@
 //!
 //! | variable (`APIKEY_CACHE_` + ) | default | meaning |
 //! | --- | --- | --- |
-//! | `REDIS_URL` | none (L1 only) | `redis://` or `rediss://` URL of the shared cache |
+//! | `REDIS_URL` | none (L1 only) | the shared cache: `redis://`, `rediss://`, `redis+cluster://h1:p1,h2:p2,…` (`rediss+cluster://`), `redis+sentinel://s1:p1,s2:p2/<primary-name>[/db]`; `user:password@` before the hosts for AUTH/ACL |
+//! | `REDIS_CA_CERT` | none (public roots) | PEM file of the CA that signs the Redis servers' certificates; replaces the public roots |
+//! | `REDIS_CLIENT_CERT` | none | PEM client certificate for mutual TLS (with `REDIS_CLIENT_KEY`) |
+//! | `REDIS_CLIENT_KEY` | none | PEM private key of `REDIS_CLIENT_CERT` |
 //! | `KEY_PREFIX` | `apikey-cache:` | prefix of every Redis key and channel |
 //! | `MODE` | `normal` | `normal` or `database_only` |
 //! | `L1_CAPACITY` | `100000` | in-process entries |
@@ -42,6 +45,7 @@
 //! Durations are written `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Whether the caches are used.
@@ -107,8 +111,18 @@ pub enum ConfigError {
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheConfig {
-    /// Redis URL of the shared tier; `None` = in-process cache only.
+    /// Redis URL of the shared tier; `None` = in-process cache only. One
+    /// server (`redis://`, `rediss://`), a cluster (`redis+cluster://`) or
+    /// a sentinel-managed primary (`redis+sentinel://`); see the table above.
     pub redis_url: Option<String>,
+    /// PEM file of the CA for TLS connections to Redis (replaces the
+    /// public roots); needs a `rediss` URL.
+    pub redis_ca_cert: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS with Redis (with
+    /// [`redis_client_key`](Self::redis_client_key)).
+    pub redis_client_cert: Option<PathBuf>,
+    /// PEM private key of [`redis_client_cert`](Self::redis_client_cert).
+    pub redis_client_key: Option<PathBuf>,
     /// Prefix of every Redis key and channel.
     pub key_prefix: String,
     /// Mode at start.
@@ -160,6 +174,9 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_ca_cert: None,
+            redis_client_cert: None,
+            redis_client_key: None,
             key_prefix: "apikey-cache:".to_owned(),
             mode: Mode::Normal,
             l1_capacity: 100_000,
@@ -187,6 +204,9 @@ impl fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheConfig")
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_ca_cert", &self.redis_ca_cert)
+            .field("redis_client_cert", &self.redis_client_cert)
+            .field("redis_client_key", &self.redis_client_key)
             .field("key_prefix", &self.key_prefix)
             .field("mode", &self.mode)
             .field("l1_capacity", &self.l1_capacity)
@@ -274,6 +294,9 @@ impl CacheConfig {
             let v = v.as_ref();
             match name {
                 "REDIS_URL" => c.redis_url = (!v.trim().is_empty()).then(|| v.trim().to_owned()),
+                "REDIS_CA_CERT" => c.redis_ca_cert = path_var(v),
+                "REDIS_CLIENT_CERT" => c.redis_client_cert = path_var(v),
+                "REDIS_CLIENT_KEY" => c.redis_client_key = path_var(v),
                 "KEY_PREFIX" => c.key_prefix = v.to_owned(),
                 "MODE" => c.mode = v.parse()?,
                 "L1_CAPACITY" => c.l1_capacity = parse_num("L1_CAPACITY", v)?,
@@ -382,17 +405,7 @@ impl CacheConfig {
                     "longer than STORE_TIMEOUT + 4 x REDIS_TIMEOUT (the longest a load may take)",
             });
         }
-        if let Some(url) = &self.redis_url {
-            let scheme = url.split("://").next().unwrap_or("");
-            if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") || !url.contains("://")
-            {
-                return Err(ConfigError::Invalid {
-                    name: "REDIS_URL",
-                    value: redact_url(url),
-                    expected: "a redis://, rediss:// or redis+unix:// URL",
-                });
-            }
-        }
+        self.validate_redis()?;
         if self.usage_flush_interval.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "USAGE_FLUSH_INTERVAL",
@@ -418,6 +431,58 @@ impl CacheConfig {
     }
 }
 
+impl CacheConfig {
+    /// The URL's form, the TLS files (readable, PEM, and only with a TLS
+    /// URL), and a key prefix a cluster can use.
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        let tls = self.redis_tls_files();
+        let Some(url) = &self.redis_url else {
+            if tls.is_empty() {
+                return Ok(());
+            }
+            return Err(ConfigError::Invalid {
+                name: "REDIS_CA_CERT",
+                value: "(set without REDIS_URL)".into(),
+                expected: "a rediss:// or rediss+cluster:// REDIS_URL to apply to",
+            });
+        };
+        let target = crate::l2::topology::Target::parse(url)?;
+        if !tls.is_empty() && !target.uses_tls() {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_URL",
+                value: redact_url(url),
+                expected: "a rediss:// or rediss+cluster:// URL, since TLS files are set",
+            });
+        }
+        tls.load()?;
+        // The first `{...}` of a key is its cluster hash tag: braces in the
+        // prefix would put every key in one slot (or split one key's
+        // script across slots).
+        if target.kind() == crate::L2Kind::Cluster && self.key_prefix.contains(['{', '}']) {
+            return Err(ConfigError::Invalid {
+                name: "KEY_PREFIX",
+                value: self.key_prefix.clone(),
+                expected: "a prefix without { or } with a cluster URL (they would be its hash tag)",
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn redis_tls_files(&self) -> crate::l2::topology::TlsFiles {
+        crate::l2::topology::TlsFiles {
+            ca_cert: self.redis_ca_cert.clone(),
+            client_cert: self.redis_client_cert.clone(),
+            client_key: self.redis_client_key.clone(),
+        }
+    }
+}
+
+/// An empty path variable is unset.
+fn path_var(v: &str) -> Option<PathBuf> {
+    let v = v.trim();
+    (!v.is_empty()).then(|| PathBuf::from(v))
+}
+
 /// The largest warming batch: one query's worth of rows.
 const MAX_WARM_BATCH_SIZE: u64 = 10_000;
 
@@ -426,6 +491,9 @@ const MAX_WARM_BATCH_SIZE: u64 = 10_000;
 fn leak_name(name: &str) -> &'static str {
     const NAMES: &[&str] = &[
         "REDIS_URL",
+        "REDIS_CA_CERT",
+        "REDIS_CLIENT_CERT",
+        "REDIS_CLIENT_KEY",
         "KEY_PREFIX",
         "MODE",
         "L1_CAPACITY",
@@ -516,6 +584,30 @@ impl CacheConfigBuilder {
     /// Uses Redis at `url` as the shared tier.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.0.redis_url = Some(url.into());
+        self
+    }
+
+    /// PEM file of the CA that signs the Redis servers' certificates (it
+    /// replaces the public roots); needs a `rediss` URL.
+    ///
+    /// ```no_run
+    /// let config = apikey_cache::CacheConfig::builder()
+    ///     .redis_url("rediss://cache.internal:6380")
+    ///     .redis_ca_cert("/etc/redis/ca.pem")
+    ///     .redis_client_cert("/etc/redis/client.pem", "/etc/redis/client.key")
+    ///     .build()?;
+    /// # Ok::<(), apikey_cache::ConfigError>(())
+    /// ```
+    pub fn redis_ca_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.0.redis_ca_cert = Some(path.into());
+        self
+    }
+
+    /// A client certificate and its private key (PEM files) for mutual TLS
+    /// with Redis.
+    pub fn redis_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.0.redis_client_cert = Some(cert.into());
+        self.0.redis_client_key = Some(key.into());
         self
     }
 

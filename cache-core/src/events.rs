@@ -110,17 +110,23 @@ impl ApiKeyCache {
 }
 
 /// Keeps a subscription open for as long as the cache lives.
-pub(crate) async fn subscriber(cache: Weak<crate::cache::Inner>, client: redis::Client) {
+pub(crate) async fn subscriber(cache: Weak<crate::cache::Inner>) {
     let mut backoff = Duration::from_millis(100);
     let mut subscriptions = 0u64;
+    let mut attempts = 0u64;
     loop {
         let Some(inner) = cache.upgrade() else { return };
         let this = ApiKeyCache { inner };
         let channel = channel(&this.inner.config.key_prefix);
         let connect_budget =
             this.inner.config.redis_connect_timeout + this.inner.config.redis_timeout;
+        let Some(l2) = this.inner.l2.clone() else {
+            return;
+        };
+        let attempt = attempts;
+        attempts += 1;
         let connected = tokio::time::timeout(connect_budget, async {
-            let mut pubsub = client.get_async_pubsub().await?;
+            let mut pubsub = l2.pubsub(attempt).await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         })

@@ -113,6 +113,13 @@ pub struct L2Health {
     pub misses: u64,
     /// Failed or timed-out calls.
     pub errors: u64,
+    /// `single`, `cluster` or `sentinel`; absent when disabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// With a sentinel URL: the primary in use (`host:port`), once the
+    /// sentinels have named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
 }
 
 /// Store figures.
@@ -252,6 +259,8 @@ impl ApiKeyCache {
                 hits: s.l2_hits,
                 misses: s.l2_misses,
                 errors: s.l2_errors,
+                kind: self.inner.l2.as_ref().map(|l2| l2.kind().as_str()),
+                primary: self.inner.l2.as_ref().and_then(|l2| l2.primary()),
             },
             store: StoreHealth {
                 status: if probe.store_up { "up" } else { "down" },

@@ -222,6 +222,7 @@ pub use health::{
     StoreHealth, UsageHealth,
 };
 pub use invalidation::InvalidateError;
+pub use l2::L2Kind;
 pub use limits::RateLimitInfo;
 pub use outcome::{GrpcRejection, Outcome, Rejection, VerifiedKey};
 pub use owner_list::OwnerKey;

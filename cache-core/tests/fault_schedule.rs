@@ -702,7 +702,7 @@ impl World {
                 ));
             }
             let month_keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("apikey-cache:usage:{}:*", key.id))
+                .arg(format!("apikey-cache:usage:*:{}", key.id))
                 .query(&mut conn)
                 .unwrap();
             let mut in_redis = 0u64;

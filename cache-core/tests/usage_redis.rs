@@ -43,7 +43,7 @@ async fn cache(
 
 fn count(redis: &RedisServer, id: &KeyId, month: &str) -> Option<u64> {
     redis::cmd("GET")
-        .arg(format!("apikey-cache:usage:{id}:{month}"))
+        .arg(format!("apikey-cache:usage:{{{month}}}:{id}"))
         .query(&mut redis.conn())
         .unwrap()
 }
@@ -145,7 +145,7 @@ async fn redis_batches_are_all_or_nothing() {
         .unwrap();
     // Garbage where b's count goes.
     let _: () = redis::cmd("RPUSH")
-        .arg(format!("apikey-cache:usage:{}:2030-03", b.record.id))
+        .arg(format!("apikey-cache:usage:{{2030-03}}:{}", b.record.id))
         .arg("junk")
         .query(&mut redis.conn())
         .unwrap();
@@ -247,7 +247,7 @@ async fn a_batch_of_thousands_of_keys_lands_whole() {
     assert!(cache.flush_usage().await);
     let keys: Vec<String> = ids
         .iter()
-        .map(|id| format!("apikey-cache:usage:{id}:2030-03"))
+        .map(|id| format!("apikey-cache:usage:{{2030-03}}:{id}"))
         .collect();
     let counts: Vec<Option<u64>> = redis::cmd("MGET")
         .arg(&keys)

@@ -460,7 +460,35 @@ impl Sink for ApiKeyCache {
         let Some(l2) = self.inner.l2.as_deref() else {
             return Ok(());
         };
+        // One script per month in the batch (almost always one): a month's
+        // counts and markers share the month's hash tag, so each script
+        // touches one cluster slot. Each month is applied whole or not at
+        // all, under its own marker, so a retry after a partial failure
+        // adds only the months that did not land.
+        let mut months: Vec<MonthId> = Vec::with_capacity(2);
+        for (_, month, _) in &batch.counts {
+            if !months.contains(month) {
+                months.push(*month);
+            }
+        }
+        for month in months {
+            self.month_to_redis(l2, batch, month).await?;
+        }
+        Ok(())
+    }
+}
+
+impl ApiKeyCache {
+    /// Applies `batch`'s counts for `month` in one script.
+    async fn month_to_redis(
+        &self,
+        l2: &crate::l2::L2,
+        batch: &RedisBatch,
+        month: MonthId,
+    ) -> Result<(), String> {
         let prefix = &self.inner.config.key_prefix;
+        let tag = month.tag();
+        let in_month = || batch.counts.iter().filter(move |(_, m, _)| *m == month);
         // EVAL, built straight into one command buffer: keys and counts are
         // copied once, where a `ScriptInvocation` allocates each of them
         // and copies them again into its EVALSHA. Redis compiles the
@@ -468,29 +496,20 @@ impl Sink for ApiKeyCache {
         // the keys.
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(REDIS_FLUSH)
-            .arg(batch.counts.len() + 1)
-            .arg(format!("{prefix}usage-batch:{}", batch.id));
-        // The month's part made once per batch (most have one month).
-        let mut tags: Vec<(MonthId, String)> = Vec::with_capacity(2);
+            .arg(in_month().count() + 1)
+            .arg(format!("{prefix}usage-batch:{{{tag}}}:{}", batch.id));
         let mut key = String::new();
-        for (done, (id, month, _)) in batch.counts.iter().enumerate() {
+        for (done, (id, _, _)) in in_month().enumerate() {
             if done % YIELD_EVERY == YIELD_EVERY - 1 {
                 // Long batches are built in steps, like the filing.
                 tokio::task::yield_now().await;
             }
-            let i = match tags.iter().position(|(m, _)| m == month) {
-                Some(i) => i,
-                None => {
-                    tags.push((*month, month.tag()));
-                    tags.len() - 1
-                }
-            };
             key.clear();
-            push_usage_key(&mut key, prefix, id, &tags[i].1);
+            push_usage_key(&mut key, prefix, id, &tag);
             cmd.arg(key.as_str());
         }
         cmd.arg(MARKER_TTL_MS).arg(COUNT_TTL_MS);
-        for (_, _, n) in &batch.counts {
+        for (_, _, n) in in_month() {
             cmd.arg(*n);
         }
         // Two budgets, as for a script's first run (load, then run).
@@ -512,9 +531,10 @@ impl Sink for ApiKeyCache {
 }
 
 /// Appends the Redis key of `id`'s request count in the month `tag`
-/// ([`MonthId::tag`]) to `out`.
+/// ([`MonthId::tag`]) to `out`: `{prefix}usage:{YYYY-MM}:{id}`, the month
+/// first and in braces, as the cluster hash tag of the month's counts.
 fn push_usage_key(out: &mut String, prefix: &str, id: &KeyId, tag: &str) {
-    for part in [prefix, "usage:", id.as_str(), ":", tag] {
+    for part in [prefix, "usage:{", tag, "}:", id.as_str()] {
         out.push_str(part);
     }
 }

@@ -1,17 +1,28 @@
 //! The shared tier: Redis, behind a timeout on every call and a breaker.
 //!
-//! The connection is made lazily and never retried inside a request: the
-//! `ConnectionManager` gets zero reconnect retries so a dead Redis fails at
-//! once instead of waiting out a back-off, and each call is capped at
-//! `redis_timeout`. After `breaker_threshold` consecutive failures the
-//! breaker opens and requests skip Redis; a background task probes it.
+//! The connection is made lazily and never retried inside a request (see
+//! `link.rs` for each topology: one server, a cluster, a sentinel-managed
+//! primary), and each call is capped at `redis_timeout`. After
+//! `breaker_threshold` consecutive failures the breaker opens and requests
+//! skip Redis; a background task probes it.
+//!
+//! Every key one command or script touches lies in one cluster slot: the
+//! scripts here touch one key each (or an owner list and its keys' entries,
+//! which on a cluster are checked key by key, see `fill_list`), and
+//! multi-key writes are pipelines on one server but separate commands on a
+//! cluster, where a pipeline must not span slots.
+
+mod link;
+mod sentinel;
+pub(crate) mod topology;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use self::link::{AnyConn, Link};
+pub use self::topology::L2Kind;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::codec::{self, Decoded};
@@ -53,8 +64,7 @@ pub(crate) struct L2Stats {
 }
 
 pub(crate) struct L2 {
-    client: redis::Client,
-    conn: ConnectionManager,
+    link: Link,
     prefix: String,
     timeout: Duration,
     probe_timeout: Duration,
@@ -109,16 +119,12 @@ impl L2 {
         url: &str,
         config: &CacheConfig,
         audit: Arc<crate::audit::Audit>,
-    ) -> Result<Arc<Self>, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(config.redis_connect_timeout))
-            .set_response_timeout(Some(config.redis_timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+    ) -> Result<Arc<Self>, crate::BuildError> {
+        let target = topology::Target::parse(url)?;
+        let tls = config.redis_tls_files().load()?;
+        let link = Link::open(target, tls, config)?;
         let l2 = Arc::new(Self {
-            client,
-            conn,
+            link,
             prefix: config.key_prefix.clone(),
             timeout: config.redis_timeout,
             probe_timeout: config.redis_connect_timeout + config.redis_timeout,
@@ -146,8 +152,24 @@ impl L2 {
         self.breaker.state()
     }
 
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
+    /// Where Redis is: one server, a cluster or a sentinel-managed primary.
+    pub(crate) fn kind(&self) -> L2Kind {
+        self.link.kind()
+    }
+
+    /// The primary in use, for a sentinel-managed Redis (`host:port`).
+    pub(crate) fn primary(&self) -> Option<String> {
+        self.link.primary()
+    }
+
+    /// A pub/sub connection for the invalidation subscriber (`attempt`
+    /// counts its reconnections).
+    pub(crate) async fn pubsub(&self, attempt: u64) -> redis::RedisResult<redis::aio::PubSub> {
+        self.link.pubsub(attempt).await
+    }
+
+    fn conn(&self) -> AnyConn {
+        self.link.conn()
     }
 
     pub(crate) fn entry_key(&self, hash: &KeyHash) -> String {
@@ -168,7 +190,7 @@ impl L2 {
         &self,
         cmd: &redis::Cmd,
     ) -> Result<T, L2Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.guarded(self.timeout, cmd.query_async(&mut conn)).await
     }
 
@@ -194,17 +216,32 @@ impl L2 {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "redis call failed");
                 self.breaker.on_failure();
+                self.link_failed(e);
             }
         }
         result
     }
 
+    /// Lets the link react to a failure (a sentinel link looks for a new
+    /// primary).
+    fn link_failed(&self, e: &L2Error) {
+        match e {
+            L2Error::Redis(r) => self.link.failed(Some(r)),
+            L2Error::Timeout => self.link.failed(None),
+            L2Error::BreakerOpen => {}
+        }
+    }
+
     /// A `PING` outside the breaker: the prober's and the warm-up's.
     async fn ping(&self, budget: Duration) -> Result<(), L2Error> {
-        let mut conn = self.conn.clone();
-        timed(budget, redis::cmd("PING").query_async::<String>(&mut conn))
+        let mut conn = self.conn();
+        let result = timed(budget, redis::cmd("PING").query_async::<String>(&mut conn))
             .await
-            .map(drop)
+            .map(drop);
+        if let Err(e) = &result {
+            self.link_failed(e);
+        }
+        result
     }
 
     /// Reads the entry for `hash`, with Redis's clock at the read (so a
@@ -259,7 +296,7 @@ impl L2 {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut cmd = redis::cmd("MGET");
         cmd.arg(keys);
         // One command, many keys: a few command budgets, like a pipeline.
@@ -285,13 +322,23 @@ impl L2 {
             return false;
         }
         let window_us = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+        let deadline = stamp.0.saturating_add(window_us);
+        if self.link.is_cluster() {
+            // The entries lie in other slots: one script cannot read them.
+            // The reader's check of every listed entry (`owner_list.rs`)
+            // still refuses a list that a tombstone outdates, since a list
+            // outlives no tombstone written after its store read.
+            let mut inv = self.fill_script.key(key);
+            inv.arg(value).arg(ms).arg(deadline);
+            return matches!(self.call_script::<i64>(&inv).await, Ok(1));
+        }
         let mut inv = self.fill_list_script.key(key);
         for entry in entries {
             inv.key(entry);
         }
         inv.arg(value)
             .arg(ms)
-            .arg(stamp.0.saturating_add(window_us))
+            .arg(deadline)
             .arg(codec::encode_tombstone());
         matches!(self.call_script::<i64>(&inv).await, Ok(1))
     }
@@ -357,6 +404,24 @@ impl L2 {
     ) -> Result<(), L2Error> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let tomb = codec::encode_tombstone();
+        if self.link.is_cluster() {
+            // A cluster pipeline goes to one node: one command per key,
+            // all in flight at once, under the pipeline's budget.
+            let writes = keys.iter().map(|key| {
+                let mut conn = self.conn();
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(&tomb).arg("PX").arg(ms);
+                async move { cmd.query_async::<()>(&mut conn).await }
+            });
+            let all = async {
+                futures_util::future::join_all(writes)
+                    .await
+                    .into_iter()
+                    .collect::<redis::RedisResult<Vec<()>>>()
+                    .map(drop)
+            };
+            return self.guarded(self.timeout * 4, all).await;
+        }
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("SET")
@@ -379,7 +444,7 @@ impl L2 {
     /// budget): for a read that is retried until it succeeds whatever the
     /// breaker says, such as the fleet mode after a reconnect.
     pub(crate) async fn get_string_unguarded(&self, key: &str) -> Result<Option<String>, L2Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         timed(
             self.probe_timeout,
             redis::cmd("GET").arg(key).query_async(&mut conn),
@@ -397,7 +462,7 @@ impl L2 {
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, L2Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         // A first call loads the script: two round trips.
         self.guarded(self.timeout * 2, inv.invoke_async(&mut conn))
             .await
@@ -410,13 +475,13 @@ impl L2 {
         cmd: &redis::Cmd,
         budgets: u32,
     ) -> Result<T, L2Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.guarded(self.timeout * budgets, cmd.query_async(&mut conn))
             .await
     }
 
     async fn call_pipe(&self, pipe: &redis::Pipeline) -> Result<(), L2Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         // A pipeline carries many commands: give it a few command budgets.
         self.guarded(self.timeout * 4, pipe.query_async(&mut conn))
             .await
@@ -464,4 +529,13 @@ async fn probe_loop(l2: Weak<L2>) {
             }
         }
     }
+}
+
+/// Installs rustls's ring provider as the process default unless the host
+/// installed one. rustls picks the provider from the process at the first
+/// TLS connection and panics when none is installed and more than one is
+/// compiled in (ring here, aws-lc-rs from another dependency): installing
+/// it explicitly turns that panic into a choice.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
