@@ -28,7 +28,8 @@
 //! that cannot, so its rounding is harmless.
 //!
 //! The Redis key holds the debt and the time it was measured at, and names
-//! the limit (`rl:{id}:{N}:{P}`): a changed limit starts from a whole bucket
+//! the limit (`rl:{<id>}:{N}:{P}`, the id in literal braces: the cluster
+//! hash tag that puts a key's limit and quota in one slot): a changed limit starts from a whole bucket
 //! instead of misreading a debt scaled by another `N`.
 //!
 //! **Quota:** requests per calendar month (UTC), counted by the same script
@@ -274,10 +275,11 @@ impl Limiter {
         if let Some(l2) = l2 {
             let mut inv = self.script.prepare_invoke();
             inv.key(match gcra {
-                Some(g) => format!("{prefix}rl:{}:{}:{}", record.id, g.n, g.p),
-                None => format!("{prefix}rl:{}", record.id),
+                Some(g) => format!("{prefix}rl:{{{}}}:{}:{}", record.id, g.n, g.p),
+                None => format!("{prefix}rl:{{{}}}", record.id),
             })
-            .key(format!("{prefix}quota:{}:{}", record.id, month_tag(now)))
+            // The id in braces is both keys' cluster hash tag: one slot.
+            .key(format!("{prefix}quota:{{{}}}:{}", record.id, month_tag(now)))
             .arg(unix_ms(now))
             .arg(gcra.map_or(0, |g| g.n))
             .arg(gcra.map_or(0, |g| g.p))

@@ -214,7 +214,7 @@ async fn redis_state_is_the_scaled_debt() {
         fleet.admitted(&key, "burst").await;
     }
     let mut conn = redis.conn();
-    let name = format!("apikey-cache:rl:{id}:700:1000");
+    let name = format!("apikey-cache:rl:{{{id}}}:700:1000");
     let (debt, at): (u64, i64) = redis::cmd("HMGET")
         .arg(&name)
         .arg("debt")
@@ -323,7 +323,7 @@ async fn quota_counter_expires_a_day_after_its_month() {
         .set(time::macros::datetime!(2030-01-31 23:30 UTC));
     fleet.admitted(&key, "second, half an hour later").await;
     let mut conn = redis.conn();
-    let name = format!("apikey-cache:quota:{id}:2030-01");
+    let name = format!("apikey-cache:quota:{{{id}}}:2030-01");
     let used: u64 = redis::cmd("GET").arg(&name).query(&mut conn).unwrap();
     assert_eq!(used, 2);
     // Set by the first request: an hour to February, plus a day.
