@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
-use support::deploy::{RedisCluster, Role};
+use support::deploy::{RedisCluster, Role, SentinelDeployment};
 
 fn cluster_client(cluster: &RedisCluster, seed: usize) -> redis::cluster::ClusterConnection {
     redis::cluster::ClusterClient::builder(vec![cluster.node_url(seed)])
@@ -107,4 +107,58 @@ fn cluster_routes_publishes_across_nodes_and_fails_over() {
     assert_eq!(cluster.nodes()[victim].role, Role::Replica);
     assert_eq!(cluster.replicas_of(successor), vec![victim]);
     eprintln!("cluster test took {:?}", t0.elapsed());
+}
+
+#[test]
+fn sentinels_fail_the_primary_over() {
+    let t0 = Instant::now();
+    let mut deployment = SentinelDeployment::start();
+    eprintln!("sentinel deployment up in {:?}", t0.elapsed());
+    let sentinels = deployment.sentinel_ports();
+    assert_eq!(sentinels.len(), 3);
+    assert_eq!(
+        deployment.url(),
+        format!(
+            "redis+sentinel://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}/{}",
+            sentinels[0],
+            sentinels[1],
+            sentinels[2],
+            deployment.name()
+        )
+    );
+    let [first, second] = deployment.data_ports()[..] else {
+        panic!("two data nodes")
+    };
+    assert_eq!(deployment.primary_port(), first);
+
+    // A write on the primary reaches the replica.
+    let _: () = deployment.conn(first).set("harness:s", "1").unwrap();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query(&mut deployment.conn(first))
+        .unwrap();
+    assert_eq!(acked, 1);
+
+    let t = Instant::now();
+    let killed = deployment.kill9_primary();
+    assert_eq!(killed, first);
+    let promoted = deployment.wait_for_new_primary(killed);
+    let took = t.elapsed();
+    eprintln!("sentinel failover took {took:?}");
+    assert_eq!(promoted, second);
+    assert!(took < Duration::from_secs(15), "failover took {took:?}");
+    assert_eq!(deployment.primary_port(), second);
+    let mut conn = deployment.conn(second);
+    let v: String = conn.get("harness:s").unwrap();
+    assert_eq!(v, "1");
+    let _: () = conn.set("harness:s", "2").unwrap();
+
+    // The old primary comes back as the new one's replica.
+    let t = Instant::now();
+    deployment.restart(killed);
+    eprintln!("sentinel rejoin took {:?}", t.elapsed());
+    let v: String = deployment.conn(killed).get("harness:s").unwrap();
+    assert_eq!(v, "2");
+    eprintln!("sentinel test took {:?}", t0.elapsed());
 }

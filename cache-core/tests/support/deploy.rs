@@ -393,6 +393,9 @@ impl RedisCluster {
                         "",
                         "--appendonly",
                         "no",
+                        // A replica's first sync would wait 5 s for others.
+                        "--repl-diskless-sync-delay",
+                        "0",
                         "--daemonize",
                         "no",
                     ]
@@ -742,5 +745,344 @@ fn cluster_info(port: u16) -> Result<HashMap<String, String>, String> {
         .lines()
         .filter_map(|l| l.trim().split_once(':'))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+// ---------------------------------------------------------------------------
+// Sentinel
+// ---------------------------------------------------------------------------
+
+/// One primary and one replica (`--replicaof`), watched by three sentinels
+/// (`redis-server <conf> --sentinel`, quorum 2) that fail the primary over
+/// about two seconds after it stops answering.
+///
+/// Both data nodes keep their port and dir across [`kill9_primary`] and
+/// [`restart`]. Nothing persists data.
+///
+/// [`kill9_primary`]: Self::kill9_primary
+/// [`restart`]: Self::restart
+pub struct SentinelDeployment {
+    /// The two data nodes; the first starts as the primary.
+    data: Vec<Proc>,
+    sentinels: Vec<Proc>,
+}
+
+impl SentinelDeployment {
+    /// The name the sentinels monitor the primary under.
+    pub const NAME: &'static str = "apikey-primary";
+    /// `sentinel down-after-milliseconds`.
+    pub const DOWN_AFTER_MS: u64 = 1000;
+    /// `sentinel failover-timeout`: also, doubled, the wait before a
+    /// sentinel retries a failover whose election failed.
+    pub const FAILOVER_TIMEOUT_MS: u64 = 3000;
+
+    /// Starts the primary, the replica (waiting until it is in sync), and
+    /// the sentinels, and waits until every sentinel names the primary,
+    /// sees the replica and the two other sentinels, and `SENTINEL
+    /// CKQUORUM` is `OK`, so that a failover can start right away.
+    pub fn start() -> Self {
+        let primary = Proc::start("sentinel-data", 1, Readiness::Ping, |p, _| {
+            data_node_args(p[0], None)
+        });
+        let replica = Proc::start("sentinel-data", 1, Readiness::Ping, |p, _| {
+            data_node_args(p[0], Some(primary.port))
+        });
+        poll_until("the replica is in sync", START_TIMEOUT, || {
+            replica_in_sync(replica.port)
+        });
+        let sentinels = (0..3)
+            .map(|_| {
+                Proc::start("sentinel", 1, Readiness::Ping, |p, dir| {
+                    let conf = dir.join("sentinel.conf");
+                    // A sentinel rewrites its config file (the replicas and
+                    // sentinels it learns of, the new primary): one per
+                    // sentinel, in its own dir.
+                    std::fs::write(&conf, sentinel_conf(p[0], primary.port, dir))
+                        .expect("sentinel.conf");
+                    vec![conf.display().to_string(), "--sentinel".into()]
+                })
+            })
+            .collect();
+        let deployment = Self {
+            data: vec![primary, replica],
+            sentinels,
+        };
+        let primary_port = deployment.data[0].port;
+        poll_until(
+            "the sentinels see the primary, the replica and each other",
+            START_TIMEOUT,
+            || deployment.sentinels_ready(primary_port, None),
+        );
+        deployment
+    }
+
+    /// `redis+sentinel://127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3/<name>`.
+    pub fn url(&self) -> String {
+        let sentinels: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{}", sentinels.join(","), Self::NAME)
+    }
+
+    pub fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(|s| s.port).collect()
+    }
+
+    /// The two data nodes' ports (the first started as the primary).
+    pub fn data_ports(&self) -> Vec<u16> {
+        self.data.iter().map(|d| d.port).collect()
+    }
+
+    /// The primary's port, as the first sentinel that answers names it
+    /// (`SENTINEL get-master-addr-by-name`).
+    pub fn primary_port(&self) -> u16 {
+        let mut last = String::new();
+        for s in self.sentinels.iter().filter(|s| s.alive()) {
+            match master_addr(s.port) {
+                Ok(port) => return port,
+                Err(e) => last = e,
+            }
+        }
+        panic!("no sentinel names the primary: {last}");
+    }
+
+    /// A blocking connection to a data node (`redis://127.0.0.1:<port>`),
+    /// reads and writes timing out after a second.
+    pub fn conn(&self, port: u16) -> redis::Connection {
+        inspect_conn(port).unwrap_or_else(|e| panic!("connect to {port}: {e}"))
+    }
+
+    /// `kill -9` the current primary (as the sentinels name it); returns
+    /// its port.
+    pub fn kill9_primary(&mut self) -> u16 {
+        let port = self.primary_port();
+        self.data_node(port).kill9();
+        port
+    }
+
+    /// `kill -9` one data node.
+    pub fn kill9(&mut self, port: u16) {
+        self.data_node(port).kill9();
+    }
+
+    /// `SIGSTOP` one data node: hung, its connections open. `SIGCONT`
+    /// with [`resume`](Self::resume).
+    pub fn pause(&mut self, port: u16) {
+        self.data_node(port).signal("-STOP");
+    }
+
+    pub fn resume(&mut self, port: u16) {
+        self.data_node(port).signal("-CONT");
+    }
+
+    /// `kill -9` one sentinel (two still make the quorum and a majority).
+    pub fn kill9_sentinel(&mut self, index: usize) {
+        self.sentinels[index].kill9();
+    }
+
+    /// Waits until every live sentinel names a primary other than
+    /// `old_port` and that node reports `role:master`; returns its port.
+    /// Blocks the thread: see
+    /// [`wait_for_new_primary_async`](Self::wait_for_new_primary_async).
+    pub fn wait_for_new_primary(&self, old_port: u16) -> u16 {
+        poll_until(
+            &format!("the sentinels promote a primary other than {old_port}"),
+            FAILOVER_TIMEOUT,
+            || self.new_primary(old_port),
+        )
+    }
+
+    /// [`wait_for_new_primary`](Self::wait_for_new_primary), sleeping on
+    /// tokio's timer between polls.
+    pub async fn wait_for_new_primary_async(&self, old_port: u16) -> u16 {
+        poll_until_async(
+            &format!("the sentinels promote a primary other than {old_port}"),
+            FAILOVER_TIMEOUT,
+            || self.new_primary(old_port),
+        )
+        .await
+    }
+
+    /// Starts a killed data node again, as a replica of the current
+    /// primary (`--replicaof`, so there are never two primaries), and
+    /// waits until it is in sync and every sentinel lists it as a replica.
+    pub fn restart(&mut self, port: u16) {
+        let primary = self.primary_port();
+        assert_ne!(primary, port, "{port} is still the sentinels' primary");
+        let node = self.data_node(port);
+        node.args = data_node_args(port, Some(primary));
+        node.restart();
+        poll_until(
+            &format!("{port} is a replica in sync again"),
+            START_TIMEOUT,
+            || {
+                replica_in_sync(port)?;
+                self.sentinels_ready(primary, Some(port))
+            },
+        );
+    }
+
+    fn data_node(&mut self, port: u16) -> &mut Proc {
+        self.data
+            .iter_mut()
+            .find(|d| d.port == port)
+            .unwrap_or_else(|| panic!("{port} is not a data node"))
+    }
+
+    /// Every live sentinel names `primary`, sees a replica in sync (`replica`
+    /// if given) and the other sentinels, and reaches its quorum.
+    fn sentinels_ready(&self, primary: u16, replica: Option<u16>) -> Result<(), String> {
+        let live: Vec<u16> = self
+            .sentinels
+            .iter()
+            .filter(|s| s.alive())
+            .map(|s| s.port)
+            .collect();
+        for &s in &live {
+            let named = master_addr(s)?;
+            if named != primary {
+                return Err(format!("sentinel {s} names {named}"));
+            }
+            let replicas = sentinel_list(s, "REPLICAS")?;
+            let ok_replicas = replicas
+                .iter()
+                .filter(|r| {
+                    replica.is_none_or(|p| r.get("port") == Some(&p.to_string()))
+                        && r.get("flags").map(String::as_str) == Some("slave")
+                        && r.get("master-link-status").map(String::as_str) == Some("ok")
+                })
+                .count();
+            if ok_replicas == 0 {
+                return Err(format!(
+                    "sentinel {s} sees no replica in sync: {replicas:?}"
+                ));
+            }
+            let others = sentinel_list(s, "SENTINELS")?;
+            if others.len() < self.sentinels.len() - 1 {
+                return Err(format!("sentinel {s} knows {} sentinels", others.len()));
+            }
+            let quorum: String = query(s, redis::cmd("SENTINEL").arg("CKQUORUM").arg(Self::NAME))
+                .map_err(|e| format!("CKQUORUM on {s}: {e}"))?;
+            if !quorum.starts_with("OK") {
+                return Err(format!("sentinel {s}: {quorum}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn new_primary(&self, old_port: u16) -> Result<u16, String> {
+        let mut named = None;
+        for s in self.sentinels.iter().filter(|s| s.alive()) {
+            let port = master_addr(s.port)?;
+            if port == old_port {
+                return Err(format!("sentinel {} still names {old_port}", s.port));
+            }
+            if *named.get_or_insert(port) != port {
+                return Err("the sentinels disagree".to_owned());
+            }
+        }
+        let port = named.ok_or("no live sentinel")?;
+        let repl = info(port, "replication").map_err(|e| format!("INFO on {port}: {e}"))?;
+        if repl.get("role").map(String::as_str) != Some("master") {
+            return Err(format!("{port} reports {:?}", repl.get("role")));
+        }
+        Ok(port)
+    }
+}
+
+fn data_node_args(port: u16, replica_of: Option<u16>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        // A replica's first sync would wait 5 s for others.
+        "--repl-diskless-sync-delay",
+        "0",
+        "--daemonize",
+        "no",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if let Some(primary) = replica_of {
+        args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.to_string(),
+        ]);
+    }
+    args
+}
+
+fn sentinel_conf(port: u16, primary: u16, dir: &Path) -> String {
+    let name = SentinelDeployment::NAME;
+    format!(
+        "port {port}\n\
+         bind 127.0.0.1\n\
+         daemonize no\n\
+         dir {dir}\n\
+         sentinel resolve-hostnames no\n\
+         sentinel monitor {name} 127.0.0.1 {primary} 2\n\
+         sentinel down-after-milliseconds {name} {down}\n\
+         sentinel failover-timeout {name} {failover}\n\
+         sentinel parallel-syncs {name} 1\n",
+        dir = dir.display(),
+        down = SentinelDeployment::DOWN_AFTER_MS,
+        failover = SentinelDeployment::FAILOVER_TIMEOUT_MS,
+    )
+}
+
+fn replica_in_sync(port: u16) -> Result<(), String> {
+    let repl = info(port, "replication").map_err(|e| format!("INFO on {port}: {e}"))?;
+    if repl.get("role").map(String::as_str) == Some("slave")
+        && repl.get("master_link_status").map(String::as_str) == Some("up")
+    {
+        Ok(())
+    } else {
+        Err(format!("{port}: {repl:?}"))
+    }
+}
+
+/// The primary's port a sentinel names.
+fn master_addr(sentinel: u16) -> Result<u16, String> {
+    let addr: Option<(String, String)> = query(
+        sentinel,
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(SentinelDeployment::NAME),
+    )
+    .map_err(|e| format!("sentinel {sentinel}: {e}"))?;
+    let (_, port) = addr.ok_or_else(|| format!("sentinel {sentinel} knows no primary"))?;
+    port.parse()
+        .map_err(|_| format!("sentinel {sentinel}: port {port:?}"))
+}
+
+/// `SENTINEL REPLICAS|SENTINELS <name>`: one map of fields per entry.
+fn sentinel_list(sentinel: u16, what: &str) -> Result<Vec<HashMap<String, String>>, String> {
+    let entries: Vec<Vec<String>> = query(
+        sentinel,
+        redis::cmd("SENTINEL")
+            .arg(what)
+            .arg(SentinelDeployment::NAME),
+    )
+    .map_err(|e| format!("SENTINEL {what} on {sentinel}: {e}"))?;
+    Ok(entries
+        .into_iter()
+        .map(|flat| {
+            flat.chunks(2)
+                .filter_map(|kv| Some((kv.first()?.clone(), kv.get(1)?.clone())))
+                .collect()
+        })
         .collect())
 }
