@@ -1,6 +1,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod capture;
+pub mod deploy;
 pub mod gated;
 pub mod hold_proxy;
 #[cfg(feature = "postgres")]
