@@ -106,6 +106,22 @@ fn cluster_routes_publishes_across_nodes_and_fails_over() {
     eprintln!("rejoin took {:?}", t.elapsed());
     assert_eq!(cluster.nodes()[victim].role, Role::Replica);
     assert_eq!(cluster.replicas_of(successor), vec![victim]);
+
+    // A hung (SIGSTOPped) primary is failed over too; waited for on a
+    // tokio runtime this time.
+    let t = Instant::now();
+    cluster.pause(successor);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let third = rt.block_on(cluster.wait_for_failover_async(successor));
+    eprintln!("failover of a paused primary took {:?}", t.elapsed());
+    assert_eq!(third, victim);
+    assert_eq!(cluster.nodes()[successor].role, Role::Down);
+    cluster.resume(successor);
+    cluster.wait_converged();
+    assert_eq!(cluster.nodes()[successor].role, Role::Replica);
     eprintln!("cluster test took {:?}", t0.elapsed());
 }
 

@@ -126,6 +126,8 @@ struct Proc {
     args: Vec<String>,
     readiness: Readiness,
     child: Option<Child>,
+    /// `SIGSTOP`ped: not to be asked anything (it would not answer).
+    paused: bool,
 }
 
 impl Proc {
@@ -151,6 +153,7 @@ impl Proc {
                 dir,
                 readiness: readiness.clone(),
                 child: None,
+                paused: false,
             };
             if p.spawn() {
                 return p;
@@ -213,8 +216,19 @@ impl Proc {
         }
     }
 
+    /// Running and not paused: it answers.
     fn alive(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() && !self.paused
+    }
+
+    fn pause(&mut self) {
+        self.signal("-STOP");
+        self.paused = self.child.is_some();
+    }
+
+    fn resume(&mut self) {
+        self.signal("-CONT");
+        self.paused = false;
     }
 
     fn signal(&self, sig: &str) {
@@ -228,6 +242,7 @@ impl Proc {
     }
 
     fn kill9(&mut self) {
+        self.resume();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -242,7 +257,6 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.signal("-CONT");
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -563,7 +577,13 @@ impl RedisCluster {
     /// `kill -9` one node: it is gone with its data; its `nodes.conf`
     /// stays for [`restart`](Self::restart).
     pub fn kill9(&mut self, node: usize) {
-        // The slots it serves, whose takeover `wait_for_failover` waits for.
+        self.record_slots(node);
+        self.nodes[node].kill9();
+    }
+
+    /// The slots `node` serves, whose takeover `wait_for_failover` waits
+    /// for, as another node sees them.
+    fn record_slots(&mut self, node: usize) {
         let others = (0..self.nodes.len()).filter(|&i| i != node && self.nodes[i].alive());
         for i in others {
             if let Ok(lines) = cluster_nodes(self.nodes[i].port) {
@@ -576,21 +596,35 @@ impl RedisCluster {
                 break;
             }
         }
-        self.nodes[node].kill9();
     }
 
-    /// `SIGSTOP`: a hung node that keeps its connections open (the others
-    /// fail it over after the node timeout all the same).
-    pub fn pause(&self, node: usize) {
-        self.nodes[node].signal("-STOP");
+    /// `SIGSTOP`: a hung node that keeps its connections open. The others
+    /// fail it over after the node timeout all the same:
+    /// [`wait_for_failover`](Self::wait_for_failover) works as after
+    /// [`kill9`](Self::kill9). Until [`resume`](Self::resume), the harness
+    /// asks it nothing and [`nodes`](Self::nodes) says it is down.
+    pub fn pause(&mut self, node: usize) {
+        self.record_slots(node);
+        self.nodes[node].pause();
     }
 
-    /// `SIGCONT`.
-    pub fn resume(&self, node: usize) {
-        self.nodes[node].signal("-CONT");
+    /// `SIGCONT`. Does not wait: a failed-over primary turns into a
+    /// replica of its successor within a second or so; see
+    /// [`wait_converged`](Self::wait_converged).
+    pub fn resume(&mut self, node: usize) {
+        self.nodes[node].resume();
+        self.killed_slots.remove(&node);
     }
 
-    /// Waits until the live nodes flag `killed` as failed, a node that was
+    /// Waits until every live node agrees on a healthy cluster (as
+    /// [`start`](Self::start) does): `cluster_state:ok`, no live node
+    /// flagged as failed, as many primaries serving slots as at the start,
+    /// every replica in sync.
+    pub fn wait_converged(&self) {
+        poll_until("the cluster converges", START_TIMEOUT, || self.converged());
+    }
+
+    /// Waits until the live nodes flag `killed` (or paused) as failed, a node that was
     /// its replica serves the slots it served, and every live node reports
     /// `cluster_state:ok`; returns the new primary (for a killed replica,
     /// the primary it had). Blocks the thread: see
@@ -874,11 +908,11 @@ impl SentinelDeployment {
     /// `SIGSTOP` one data node: hung, its connections open. `SIGCONT`
     /// with [`resume`](Self::resume).
     pub fn pause(&mut self, port: u16) {
-        self.data_node(port).signal("-STOP");
+        self.data_node(port).pause();
     }
 
     pub fn resume(&mut self, port: u16) {
-        self.data_node(port).signal("-CONT");
+        self.data_node(port).resume();
     }
 
     /// `kill -9` one sentinel (two still make the quorum and a majority).
@@ -1390,12 +1424,12 @@ impl TlsRedis {
     }
 
     /// `SIGSTOP`: hung, its connections open.
-    pub fn pause(&self) {
-        self.proc.signal("-STOP");
+    pub fn pause(&mut self) {
+        self.proc.pause();
     }
 
     /// `SIGCONT`.
-    pub fn resume(&self) {
-        self.proc.signal("-CONT");
+    pub fn resume(&mut self) {
+        self.proc.resume();
     }
 }
