@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
-use support::deploy::{RedisCluster, Role, SentinelDeployment};
+use support::deploy::{RedisCluster, Role, SentinelDeployment, TlsMaterial, TlsRedis};
 
 fn cluster_client(cluster: &RedisCluster, seed: usize) -> redis::cluster::ClusterConnection {
     redis::cluster::ClusterClient::builder(vec![cluster.node_url(seed)])
@@ -106,6 +106,22 @@ fn cluster_routes_publishes_across_nodes_and_fails_over() {
     eprintln!("rejoin took {:?}", t.elapsed());
     assert_eq!(cluster.nodes()[victim].role, Role::Replica);
     assert_eq!(cluster.replicas_of(successor), vec![victim]);
+
+    // A hung (SIGSTOPped) primary is failed over too; waited for on a
+    // tokio runtime this time.
+    let t = Instant::now();
+    cluster.pause(successor);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let third = rt.block_on(cluster.wait_for_failover_async(successor));
+    eprintln!("failover of a paused primary took {:?}", t.elapsed());
+    assert_eq!(third, victim);
+    assert_eq!(cluster.nodes()[successor].role, Role::Down);
+    cluster.resume(successor);
+    cluster.wait_converged();
+    assert_eq!(cluster.nodes()[successor].role, Role::Replica);
     eprintln!("cluster test took {:?}", t0.elapsed());
 }
 
@@ -161,4 +177,77 @@ fn sentinels_fail_the_primary_over() {
     let v: String = deployment.conn(killed).get("harness:s").unwrap();
     assert_eq!(v, "2");
     eprintln!("sentinel test took {:?}", t0.elapsed());
+}
+
+/// PING through a fresh TLS client; every step bounded, so a refusal is an
+/// error, never a hang.
+fn tls_ping(url: &str, certs: redis::TlsCertificates) -> redis::RedisResult<String> {
+    let client = redis::Client::build_with_tls(url, certs)?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(3))?;
+    conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+    redis::cmd("PING").query(&mut conn)
+}
+
+/// Asserts `result` is an error that came quickly (not after a timeout).
+fn assert_refused(what: &str, t: Instant, result: redis::RedisResult<String>) {
+    let took = t.elapsed();
+    let err = result.expect_err(what);
+    eprintln!("{what}: refused in {took:?}: {err}");
+    assert!(!err.is_timeout(), "{what}: timed out ({err}), not refused");
+    assert!(took < Duration::from_secs(2), "{what}: took {took:?}");
+}
+
+#[test]
+fn tls_takes_the_right_ca_and_refuses_the_wrong_one() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let t0 = Instant::now();
+    let material = TlsMaterial::generate_temp();
+    let server = TlsRedis::start(&material, false);
+    eprintln!("certificates and TLS server in {:?}", t0.elapsed());
+    assert_eq!(
+        server.url(),
+        format!("rediss://127.0.0.1:{}", server.port())
+    );
+
+    assert_eq!(
+        tls_ping(&server.url(), material.certificates(false)).unwrap(),
+        "PONG"
+    );
+    let t = Instant::now();
+    let wrong = tls_ping(&server.url(), material.wrong_ca_certificates());
+    assert_refused("the wrong CA", t, wrong);
+
+    // An ACL user over TLS.
+    server.add_user("app", "secret");
+    let url = server.url_with_user("app", "secret");
+    assert_eq!(
+        tls_ping(&url, material.certificates(false)).unwrap(),
+        "PONG"
+    );
+    let t = Instant::now();
+    let bad_password = tls_ping(
+        &server.url_with_user("app", "wrong"),
+        material.certificates(false),
+    );
+    assert_refused("a wrong password", t, bad_password);
+}
+
+#[test]
+fn mutual_tls_requires_a_client_certificate_of_the_ca() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let material = TlsMaterial::generate_temp();
+    let server = TlsRedis::start(&material, true);
+    assert!(server.require_client_cert);
+
+    assert_eq!(
+        tls_ping(&server.url(), material.certificates(true)).unwrap(),
+        "PONG"
+    );
+    let t = Instant::now();
+    let without = tls_ping(&server.url(), material.certificates(false));
+    assert_refused("no client certificate", t, without);
+    let t = Instant::now();
+    let other = tls_ping(&server.url(), material.wrong_client_certificates());
+    assert_refused("another CA's client certificate", t, other);
+    assert_eq!(server.cli(&["PING"]), "PONG");
 }

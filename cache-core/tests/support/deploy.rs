@@ -126,6 +126,8 @@ struct Proc {
     args: Vec<String>,
     readiness: Readiness,
     child: Option<Child>,
+    /// `SIGSTOP`ped: not to be asked anything (it would not answer).
+    paused: bool,
 }
 
 impl Proc {
@@ -151,6 +153,7 @@ impl Proc {
                 dir,
                 readiness: readiness.clone(),
                 child: None,
+                paused: false,
             };
             if p.spawn() {
                 return p;
@@ -213,8 +216,19 @@ impl Proc {
         }
     }
 
+    /// Running and not paused: it answers.
     fn alive(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() && !self.paused
+    }
+
+    fn pause(&mut self) {
+        self.signal("-STOP");
+        self.paused = self.child.is_some();
+    }
+
+    fn resume(&mut self) {
+        self.signal("-CONT");
+        self.paused = false;
     }
 
     fn signal(&self, sig: &str) {
@@ -228,6 +242,7 @@ impl Proc {
     }
 
     fn kill9(&mut self) {
+        self.resume();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -242,7 +257,6 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.signal("-CONT");
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -563,7 +577,13 @@ impl RedisCluster {
     /// `kill -9` one node: it is gone with its data; its `nodes.conf`
     /// stays for [`restart`](Self::restart).
     pub fn kill9(&mut self, node: usize) {
-        // The slots it serves, whose takeover `wait_for_failover` waits for.
+        self.record_slots(node);
+        self.nodes[node].kill9();
+    }
+
+    /// The slots `node` serves, whose takeover `wait_for_failover` waits
+    /// for, as another node sees them.
+    fn record_slots(&mut self, node: usize) {
         let others = (0..self.nodes.len()).filter(|&i| i != node && self.nodes[i].alive());
         for i in others {
             if let Ok(lines) = cluster_nodes(self.nodes[i].port) {
@@ -576,21 +596,35 @@ impl RedisCluster {
                 break;
             }
         }
-        self.nodes[node].kill9();
     }
 
-    /// `SIGSTOP`: a hung node that keeps its connections open (the others
-    /// fail it over after the node timeout all the same).
-    pub fn pause(&self, node: usize) {
-        self.nodes[node].signal("-STOP");
+    /// `SIGSTOP`: a hung node that keeps its connections open. The others
+    /// fail it over after the node timeout all the same:
+    /// [`wait_for_failover`](Self::wait_for_failover) works as after
+    /// [`kill9`](Self::kill9). Until [`resume`](Self::resume), the harness
+    /// asks it nothing and [`nodes`](Self::nodes) says it is down.
+    pub fn pause(&mut self, node: usize) {
+        self.record_slots(node);
+        self.nodes[node].pause();
     }
 
-    /// `SIGCONT`.
-    pub fn resume(&self, node: usize) {
-        self.nodes[node].signal("-CONT");
+    /// `SIGCONT`. Does not wait: a failed-over primary turns into a
+    /// replica of its successor within a second or so; see
+    /// [`wait_converged`](Self::wait_converged).
+    pub fn resume(&mut self, node: usize) {
+        self.nodes[node].resume();
+        self.killed_slots.remove(&node);
     }
 
-    /// Waits until the live nodes flag `killed` as failed, a node that was
+    /// Waits until every live node agrees on a healthy cluster (as
+    /// [`start`](Self::start) does): `cluster_state:ok`, no live node
+    /// flagged as failed, as many primaries serving slots as at the start,
+    /// every replica in sync.
+    pub fn wait_converged(&self) {
+        poll_until("the cluster converges", START_TIMEOUT, || self.converged());
+    }
+
+    /// Waits until the live nodes flag `killed` (or paused) as failed, a node that was
     /// its replica serves the slots it served, and every live node reports
     /// `cluster_state:ok`; returns the new primary (for a killed replica,
     /// the primary it had). Blocks the thread: see
@@ -874,11 +908,11 @@ impl SentinelDeployment {
     /// `SIGSTOP` one data node: hung, its connections open. `SIGCONT`
     /// with [`resume`](Self::resume).
     pub fn pause(&mut self, port: u16) {
-        self.data_node(port).signal("-STOP");
+        self.data_node(port).pause();
     }
 
     pub fn resume(&mut self, port: u16) {
-        self.data_node(port).signal("-CONT");
+        self.data_node(port).resume();
     }
 
     /// `kill -9` one sentinel (two still make the quorum and a majority).
@@ -1085,4 +1119,317 @@ fn sentinel_list(sentinel: u16, what: &str) -> Result<Vec<HashMap<String, String
                 .collect()
         })
         .collect())
+}
+
+// ---------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------
+
+/// Certificates made with the `openssl` command (ECDSA P-256, valid two
+/// days): a CA; a server certificate for `127.0.0.1` and `localhost` (as
+/// subjectAltNames: rustls/webpki ignore the CN) and a client certificate,
+/// both signed by the CA; and an unrelated CA with a client certificate of
+/// its own, for the wrong-CA tests. All PEM files.
+pub struct TlsMaterial {
+    pub dir: PathBuf,
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A CA that signed neither the server's nor the client's certificate.
+    pub other_ca_cert: PathBuf,
+    pub other_ca_key: PathBuf,
+    /// A client certificate signed by the other CA (refused by a server
+    /// that trusts `ca_cert`).
+    pub other_client_cert: PathBuf,
+    pub other_client_key: PathBuf,
+    /// Whether drop removes `dir` (made by [`generate_temp`](Self::generate_temp)).
+    owns_dir: bool,
+}
+
+impl TlsMaterial {
+    /// Makes the certificates in `dir` (created if missing; the caller
+    /// removes it).
+    pub fn generate(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("tls dir");
+        let p = |name: &str| dir.join(name);
+        let m = Self {
+            dir: dir.to_owned(),
+            ca_cert: p("ca.crt"),
+            ca_key: p("ca.key"),
+            server_cert: p("server.crt"),
+            server_key: p("server.key"),
+            client_cert: p("client.crt"),
+            client_key: p("client.key"),
+            other_ca_cert: p("other-ca.crt"),
+            other_ca_key: p("other-ca.key"),
+            other_client_cert: p("other-client.crt"),
+            other_client_key: p("other-client.key"),
+            owns_dir: false,
+        };
+        make_ca(&m.ca_cert, &m.ca_key, "apikey-cache test CA");
+        make_ca(&m.other_ca_cert, &m.other_ca_key, "apikey-cache other CA");
+        let leaf = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n";
+        make_leaf(
+            (&m.server_cert, &m.server_key),
+            (&m.ca_cert, &m.ca_key),
+            "localhost",
+            &format!(
+                "{leaf}extendedKeyUsage=serverAuth\n\
+                 subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            ),
+        );
+        make_leaf(
+            (&m.client_cert, &m.client_key),
+            (&m.ca_cert, &m.ca_key),
+            "app",
+            &format!("{leaf}extendedKeyUsage=clientAuth\n"),
+        );
+        make_leaf(
+            (&m.other_client_cert, &m.other_client_key),
+            (&m.other_ca_cert, &m.other_ca_key),
+            "app",
+            &format!("{leaf}extendedKeyUsage=clientAuth\n"),
+        );
+        m
+    }
+
+    /// [`generate`](Self::generate) in a temp dir removed on drop.
+    pub fn generate_temp() -> Self {
+        let mut m = Self::generate(&temp_dir("tls"));
+        m.owns_dir = true;
+        m
+    }
+
+    /// For `redis::Client::build_with_tls`: trusts the CA (only), and
+    /// presents the client certificate if `client_cert`.
+    pub fn certificates(&self, client_cert: bool) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: client_cert.then(|| redis::ClientTlsConfig {
+                client_cert: read(&self.client_cert),
+                client_key: read(&self.client_key),
+            }),
+            root_cert: Some(read(&self.ca_cert)),
+        }
+    }
+
+    /// Trusts the other CA only (so the server's certificate is refused),
+    /// presenting the right client certificate.
+    pub fn wrong_ca_certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            root_cert: Some(read(&self.other_ca_cert)),
+            ..self.certificates(true)
+        }
+    }
+
+    /// Trusts the right CA, presenting the other CA's client certificate
+    /// (refused by a server that checks client certificates).
+    pub fn wrong_client_certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: read(&self.other_client_cert),
+                client_key: read(&self.other_client_key),
+            }),
+            root_cert: Some(read(&self.ca_cert)),
+        }
+    }
+}
+
+impl Drop for TlsMaterial {
+    fn drop(&mut self) {
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const EC_KEY: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+
+fn make_ca(cert: &Path, key: &Path, cn: &str) {
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let subject = format!("/CN={cn}");
+    let mut args = vec!["req", "-x509", "-new", "-nodes", "-days", "2"];
+    args.extend(EC_KEY);
+    args.extend(["-keyout", key, "-out", cert, "-subj", &subject]);
+    args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+    args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    openssl(&args);
+}
+
+/// A key and a certificate for it signed by `ca`, with the v3 extensions
+/// `ext` (an `-extfile`'s lines).
+fn make_leaf((cert, key): (&Path, &Path), (ca_cert, ca_key): (&Path, &Path), cn: &str, ext: &str) {
+    let csr = cert.with_extension("csr");
+    let ext_file = cert.with_extension("ext");
+    std::fs::write(&ext_file, ext).expect("ext file");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let subject = format!("/CN={cn}");
+    let mut args = vec!["req", "-new", "-nodes"];
+    args.extend(EC_KEY);
+    let (key_s, csr_s) = (s(key), s(&csr));
+    args.extend(["-keyout", &key_s, "-out", &csr_s, "-subj", &subject]);
+    openssl(&args);
+    let serial = format!("0x{}", uuid::Uuid::new_v4().simple());
+    let (cert_s, ca_cert_s, ca_key_s, ext_s) = (s(cert), s(ca_cert), s(ca_key), s(&ext_file));
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr_s,
+        "-CA",
+        &ca_cert_s,
+        "-CAkey",
+        &ca_key_s,
+        "-set_serial",
+        &serial,
+        "-days",
+        "2",
+        "-out",
+        &cert_s,
+        "-extfile",
+        &ext_s,
+    ]);
+}
+
+/// A TLS-only `redis-server` (`--port 0 --tls-port <leased>`) with a
+/// [`TlsMaterial`]'s server certificate, trusting its CA for client
+/// certificates, which it requires if `require_client_cert`
+/// (`--tls-auth-clients yes|no`). The material's files must outlive it.
+pub struct TlsRedis {
+    proc: Proc,
+    /// redis-cli's TLS arguments.
+    cli_tls: Vec<String>,
+    pub require_client_cert: bool,
+}
+
+impl TlsRedis {
+    /// Starts the server and waits until `redis-cli --tls` gets `PONG`.
+    pub fn start(material: &TlsMaterial, require_client_cert: bool) -> Self {
+        let s = |p: &Path| p.display().to_string();
+        let mut cli_tls = vec!["--tls".to_owned(), "--cacert".into(), s(&material.ca_cert)];
+        if require_client_cert {
+            cli_tls.extend([
+                "--cert".into(),
+                s(&material.client_cert),
+                "--key".into(),
+                s(&material.client_key),
+            ]);
+        }
+        let proc = Proc::start("tls", 1, Readiness::Cli(cli_tls.clone()), |p, _| {
+            let mut args: Vec<String> = [
+                "--port",
+                "0",
+                "--tls-port",
+                &p[0].to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--tls-auth-clients",
+                if require_client_cert { "yes" } else { "no" },
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            for (flag, path) in [
+                ("--tls-cert-file", &material.server_cert),
+                ("--tls-key-file", &material.server_key),
+                ("--tls-ca-cert-file", &material.ca_cert),
+            ] {
+                args.extend([flag.to_owned(), s(path)]);
+            }
+            args
+        });
+        Self {
+            proc,
+            cli_tls,
+            require_client_cert,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.proc.port
+    }
+
+    /// `rediss://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.proc.port)
+    }
+
+    /// `rediss://<user>:<password>@127.0.0.1:<port>`.
+    pub fn url_with_user(&self, user: &str, password: &str) -> String {
+        format!("rediss://{user}:{password}@127.0.0.1:{}", self.proc.port)
+    }
+
+    /// Runs `redis-cli` over TLS (with the client certificate if the
+    /// server requires one) with these arguments; its stdout, trimmed.
+    /// Panics if it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(&self.cli_tls)
+            .args(["-h", "127.0.0.1", "-p", &self.proc.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli is installed");
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success() && !stdout.starts_with("ERR"),
+            "redis-cli {args:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// An ACL user with every key, channel and command
+    /// (`ACL SETUSER <user> on ><password> ~* &* +@all`), for
+    /// [`url_with_user`](Self::url_with_user).
+    pub fn add_user(&self, user: &str, password: &str) {
+        let pass = format!(">{password}");
+        let ok = self.cli(&["ACL", "SETUSER", user, "on", &pass, "~*", "&*", "+@all"]);
+        assert_eq!(ok, "OK", "ACL SETUSER {user}");
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts again on the same port (ACL users are lost).
+    pub fn restart(&mut self) {
+        self.proc.restart();
+    }
+
+    /// `SIGSTOP`: hung, its connections open.
+    pub fn pause(&mut self) {
+        self.proc.pause();
+    }
+
+    /// `SIGCONT`.
+    pub fn resume(&mut self) {
+        self.proc.resume();
+    }
 }
