@@ -120,6 +120,10 @@ pub struct L2Health {
     /// sentinels have named one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
+    /// Why the last Redis call failed (a timeout, a refused connection, a
+    /// certificate the CA does not sign, ...), until a call succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Store figures.
@@ -261,6 +265,7 @@ impl ApiKeyCache {
                 errors: s.l2_errors,
                 kind: self.inner.l2.as_ref().map(|l2| l2.kind().as_str()),
                 primary: self.inner.l2.as_ref().and_then(|l2| l2.primary()),
+                last_error: self.inner.l2.as_ref().and_then(|l2| l2.stats.last_error()),
             },
             store: StoreHealth {
                 status: if probe.store_up { "up" } else { "down" },

@@ -279,7 +279,11 @@ impl Limiter {
                 None => format!("{prefix}rl:{{{}}}", record.id),
             })
             // The id in braces is both keys' cluster hash tag: one slot.
-            .key(format!("{prefix}quota:{{{}}}:{}", record.id, month_tag(now)))
+            .key(format!(
+                "{prefix}quota:{{{}}}:{}",
+                record.id,
+                month_tag(now)
+            ))
             .arg(unix_ms(now))
             .arg(gcra.map_or(0, |g| g.n))
             .arg(gcra.map_or(0, |g| g.p))

@@ -61,6 +61,33 @@ pub(crate) struct L2Stats {
     pub(crate) bad_values: AtomicU64,
     /// Latency of the last successful call, in microseconds.
     pub(crate) last_latency_us: AtomicU64,
+    /// Why the last call failed, until one succeeds (health shows it: "why
+    /// is Redis down?" is the first question of an incident).
+    last_error: std::sync::Mutex<Option<String>>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl L2Stats {
+    fn failed(&self, e: &L2Error) {
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some(e.to_string());
+        self.failing.store(true, Ordering::Release);
+    }
+
+    fn succeeded(&self) {
+        // One atomic read on the common path; the lock only after a failure.
+        if self.failing.swap(false, Ordering::AcqRel) {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// The error of the last failed call, if none succeeded since.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 pub(crate) struct L2 {
@@ -209,6 +236,7 @@ impl L2 {
         match &result {
             Ok(_) => {
                 self.breaker.on_success();
+                self.stats.succeeded();
                 let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 self.stats.last_latency_us.store(us, Ordering::Relaxed);
             }
@@ -216,6 +244,7 @@ impl L2 {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "redis call failed");
                 self.breaker.on_failure();
+                self.stats.failed(e);
                 self.link_failed(e);
             }
         }
@@ -238,8 +267,12 @@ impl L2 {
         let result = timed(budget, redis::cmd("PING").query_async::<String>(&mut conn))
             .await
             .map(drop);
-        if let Err(e) = &result {
-            self.link_failed(e);
+        match &result {
+            Ok(()) => self.stats.succeeded(),
+            Err(e) => {
+                self.stats.failed(e);
+                self.link_failed(e);
+            }
         }
         result
     }
