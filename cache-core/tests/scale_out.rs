@@ -187,8 +187,10 @@ async fn cluster_primary_killed_during_verifies() {
     assert!(verify(a, &revoked_key).await.is_valid());
     assert!(verify(b, &revoked_key).await.is_valid());
 
-    // The victim serves at least one of the keys' entries.
-    let victim = cluster.primary_for_key(&format!("apikey-cache:key:{}", keys[0].1.hash.to_hex()));
+    // The victim is B's only seed, where its subscriber listens (and,
+    // holding a third of the slots, some of the keys' entries).
+    let victim = p[1];
+    let resyncs = b.stats().resyncs;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stream = {
         let b = b.clone();
@@ -248,6 +250,24 @@ async fn cluster_primary_killed_during_verifies() {
         &revoked_key,
         Outcome::Revoked,
         "B refuses after the failover",
+    )
+    .await;
+
+    // B's subscriber found another node; events reach it there: a key in
+    // B's L1 is refused once A invalidates it (only an event can do that).
+    wait_until("B subscribed again elsewhere", || {
+        b.stats().subscribed && b.stats().resyncs > resyncs
+    })
+    .await;
+    let (evented, evented_record) = fleet.key(NewKey::new("acme", ["a"])).await;
+    assert!(verify(b, &evented).await.is_valid());
+    fleet.store.revoke_key(&evented_record.id).await.unwrap();
+    a.invalidate(&evented_record.hash).await.unwrap();
+    until_outcome(
+        b,
+        &evented,
+        Outcome::Revoked,
+        "the event reaches B's new node",
     )
     .await;
 

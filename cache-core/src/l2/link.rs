@@ -42,8 +42,11 @@ pub(crate) enum Link {
     },
     Cluster {
         conn: ClusterConnection,
-        /// Clients of the seed nodes, for pub/sub.
-        seeds: Vec<redis::Client>,
+        /// The seed nodes (credentials and TLS included), for pub/sub.
+        seeds: Vec<ConnectionInfo>,
+        tls: Option<TlsCertificates>,
+        /// Budget of asking the cluster for its nodes.
+        budget: Duration,
     },
     Sentinel(Arc<SentinelLink>),
 }
@@ -86,11 +89,12 @@ impl Link {
                         .set_connection_timeout(config.redis_connect_timeout)
                         .set_response_timeout(config.redis_timeout),
                 );
-                let seeds = nodes
-                    .into_iter()
-                    .map(|n| client(n, tls.as_ref()))
-                    .collect::<Result<_, _>>()?;
-                Ok(Self::Cluster { conn, seeds })
+                Ok(Self::Cluster {
+                    conn,
+                    seeds: nodes,
+                    tls,
+                    budget: config.redis_connect_timeout + config.redis_timeout,
+                })
             }
             Target::Sentinel {
                 sentinels,
@@ -158,22 +162,86 @@ impl Link {
     pub(crate) async fn pubsub(&self, attempt: u64) -> redis::RedisResult<redis::aio::PubSub> {
         match self {
             Self::Single { client, .. } => client.get_async_pubsub().await,
-            Self::Cluster { seeds, .. } => {
+            Self::Cluster {
+                conn,
+                seeds,
+                tls,
+                budget,
+            } => {
+                // The seeds first, from the next one on each attempt; when
+                // none answers, the nodes the cluster knows of (a seed
+                // may be a primary that died and was replaced).
                 let start = usize::try_from(attempt).unwrap_or(0) % seeds.len().max(1);
                 let mut last = None;
-                for client in seeds.iter().cycle().skip(start).take(seeds.len()) {
-                    match client.get_async_pubsub().await {
+                for seed in seeds.iter().cycle().skip(start).take(seeds.len()) {
+                    match subscribe_to(seed.clone(), tls.as_ref()).await {
                         Ok(p) => return Ok(p),
                         Err(e) => last = Some(e),
                     }
                 }
+                let mut c = conn.clone();
+                let listed = tokio::time::timeout(
+                    *budget,
+                    redis::cmd("CLUSTER")
+                        .arg("NODES")
+                        .query_async::<String>(&mut c),
+                )
+                .await;
+                if let (Ok(Ok(listed)), Some(template)) = (listed, seeds.first()) {
+                    for (host, port) in live_nodes(&listed) {
+                        let addr = match template.addr() {
+                            redis::ConnectionAddr::TcpTls { insecure, .. } => {
+                                redis::ConnectionAddr::TcpTls {
+                                    host,
+                                    port,
+                                    insecure: *insecure,
+                                    tls_params: None,
+                                }
+                            }
+                            _ => redis::ConnectionAddr::Tcp(host, port),
+                        };
+                        match subscribe_to(template.clone().set_addr(addr), tls.as_ref()).await {
+                            Ok(p) => return Ok(p),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                }
                 Err(last.unwrap_or_else(|| {
-                    redis::RedisError::from((redis::ErrorKind::Client, "no cluster seed node"))
+                    redis::RedisError::from((redis::ErrorKind::Client, "no cluster node answers"))
                 }))
             }
             Self::Sentinel(s) => s.pubsub().await,
         }
     }
+}
+
+async fn subscribe_to(
+    info: ConnectionInfo,
+    tls: Option<&TlsCertificates>,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    client(info, tls)?.get_async_pubsub().await
+}
+
+/// The addresses of the nodes in `CLUSTER NODES` output that are neither
+/// failed nor without an address.
+fn live_nodes(listed: &str) -> Vec<(String, u16)> {
+    listed
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let addr = fields.nth(1)?;
+            let flags = fields.next()?;
+            if flags
+                .split(',')
+                .any(|f| matches!(f, "fail" | "fail?" | "noaddr" | "handshake"))
+            {
+                return None;
+            }
+            // `ip:port@cport[,hostname]`
+            let (host, port) = addr.split('@').next()?.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
 }
 
 fn millis(d: Duration) -> u64 {
@@ -245,5 +313,25 @@ impl ConnectionLike for AnyConn {
             Self::Cluster(c) => c.get_db(),
             Self::Unresolved => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn live_nodes_skip_the_failed() {
+        let listed = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001,node-b master,fail - 0 0 2 disconnected
+c3 127.0.0.1:7002@17002 slave a1 0 0 1 connected
+d4 :0@0 noaddr - 0 0 0 disconnected
+";
+        assert_eq!(
+            super::live_nodes(listed),
+            [
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7002)
+            ]
+        );
     }
 }
