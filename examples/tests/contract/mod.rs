@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod operations;
 pub mod owner_lists;
+pub mod topologies;
 
 /// One `#[tokio::test]` per check, each run against the binary `$bin`
 /// (e.g. `env!("CARGO_BIN_EXE_axum-demo")`); the fleet check runs two
@@ -38,6 +39,7 @@ macro_rules! contract_suite {
             metrics::metrics_exposition,
             owner_lists::owner_key_list,
             audit::audit_events_in_the_log,
+            topologies::cluster_sentinel_and_tls_urls,
         );
 
         #[tokio::test]

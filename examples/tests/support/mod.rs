@@ -21,6 +21,10 @@ pub use ports::PortLease;
 // The server tests create databases on, and URLs through a proxy.
 #[path = "../../../cache-core/tests/support/pg.rs"]
 mod pg;
+// Redis Cluster, Sentinel and TLS deployments, as the core's scale-out
+// tests use them.
+#[path = "../../../cache-core/tests/support/deploy.rs"]
+pub mod deploy;
 // A TCP proxy that can cut a demo off from PostgreSQL.
 #[path = "../../../cache-core/tests/support/proxy.rs"]
 mod proxy;
