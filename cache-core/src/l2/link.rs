@@ -2,16 +2,8 @@
 //!
 //! - **Single**: a `ConnectionManager` with no reconnect retries, so a dead
 //!   Redis fails at once instead of waiting out a back-off.
-//! - **Cluster**: redis-rs's cluster connection with its defaults overridden:
-//!   they have no response timeout and retry 16 times with waits from
-//!   1.28 s, which would hold a request far past its budget and keep the
-//!   breaker from ever seeing a failure. Here each attempt has the command
-//!   budget, a whole call (redirects and retries included) at most four,
-//!   and two quick retries, enough to follow a `MOVED` or `TRYAGAIN` during
-//!   a failover. A retry can repeat a command whose reply was lost; every
-//!   script we run is safe to repeat (fills are `SET NX`, tombstones and the
-//!   usage batches idempotent, the limiter's and leases' scripts carry their
-//!   own guards, see `limits.rs`).
+//! - **Cluster**: redis-rs's cluster connection with our budgets and no
+//!   client retries, rebuilt when its view goes stale (`cluster.rs`).
 //! - **Sentinel**: a `ConnectionManager` to the primary the sentinels name
 //!   (`sentinel.rs`), replaced when they name another.
 //!
@@ -20,18 +12,15 @@
 //! cluster, so the seeds are tried in turn), or the current primary's.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value};
 
+use super::cluster::ClusterLink;
 use super::sentinel::SentinelLink;
 use super::topology::{L2Kind, Target};
 use crate::CacheConfig;
-
-/// Retries of a cluster call (redirects during a failover).
-const CLUSTER_RETRIES: u32 = 2;
 
 /// How the tier reaches Redis.
 pub(crate) enum Link {
@@ -40,14 +29,7 @@ pub(crate) enum Link {
         client: Box<redis::Client>,
         conn: ConnectionManager,
     },
-    Cluster {
-        conn: ClusterConnection,
-        /// The seed nodes (credentials and TLS included), for pub/sub.
-        seeds: Vec<ConnectionInfo>,
-        tls: Option<TlsCertificates>,
-        /// Budget of asking the cluster for its nodes.
-        budget: Duration,
-    },
+    Cluster(Arc<ClusterLink>),
     Sentinel(Arc<SentinelLink>),
 }
 
@@ -72,30 +54,7 @@ impl Link {
                     conn,
                 })
             }
-            Target::Cluster(nodes) => {
-                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                    .connection_timeout(config.redis_connect_timeout)
-                    .response_timeout(config.redis_timeout)
-                    .overall_response_timeout(Some(config.redis_timeout * 4))
-                    .retries(CLUSTER_RETRIES)
-                    .min_retry_wait(1)
-                    .max_retry_wait(millis(config.redis_timeout))
-                    .retry_wait_formula(5, 2);
-                if let Some(certs) = &tls {
-                    builder = builder.certs(certs.clone());
-                }
-                let conn = builder.build()?.get_pending_async_connection_with_config(
-                    redis::cluster::ClusterConfig::new()
-                        .set_connection_timeout(config.redis_connect_timeout)
-                        .set_response_timeout(config.redis_timeout),
-                );
-                Ok(Self::Cluster {
-                    conn,
-                    seeds: nodes,
-                    tls,
-                    budget: config.redis_connect_timeout + config.redis_timeout,
-                })
-            }
+            Target::Cluster(nodes) => Ok(Self::Cluster(ClusterLink::new(nodes, tls, config)?)),
             Target::Sentinel {
                 sentinels,
                 primary_name,
@@ -113,7 +72,7 @@ impl Link {
     pub(crate) fn kind(&self) -> L2Kind {
         match self {
             Self::Single { .. } => L2Kind::Single,
-            Self::Cluster { .. } => L2Kind::Cluster,
+            Self::Cluster(_) => L2Kind::Cluster,
             Self::Sentinel(_) => L2Kind::Sentinel,
         }
     }
@@ -130,29 +89,51 @@ impl Link {
     pub(crate) fn conn(&self) -> AnyConn {
         match self {
             Self::Single { conn, .. } => AnyConn::Manager(conn.clone()),
-            Self::Cluster { conn, .. } => AnyConn::Cluster(conn.clone()),
+            Self::Cluster(c) => AnyConn::Cluster(c.conn()),
             Self::Sentinel(s) => s.conn(),
         }
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster { .. })
+        matches!(self, Self::Cluster(_))
     }
 
-    /// Tells the link that a call failed, so a sentinel link can look for
-    /// a new primary (on connection errors, timeouts and `READONLY`).
+    /// Tells the link that a call failed (`None`: it timed out): a
+    /// sentinel link looks for a new primary, a cluster link rebuilds its
+    /// view of the cluster, when the failure says a node is gone or
+    /// demoted (connection errors, timeouts, `READONLY`, `CLUSTERDOWN`).
     pub(crate) fn failed(&self, error: Option<&redis::RedisError>) {
-        if let Self::Sentinel(s) = self {
-            let moved = error.is_none_or(|e| {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                    || e.kind() == redis::ErrorKind::Client
-            });
-            if moved {
-                s.resolve_soon();
+        let node_gone = error.is_none_or(|e| {
+            e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(
+                        redis::ServerErrorKind::ReadOnly
+                            | redis::ServerErrorKind::ClusterDown
+                            | redis::ServerErrorKind::MasterDown
+                    ) | redis::ErrorKind::Client
+                        | redis::ErrorKind::ClusterConnectionNotFound
+                )
+        });
+        if !node_gone {
+            return;
+        }
+        match self {
+            Self::Single { .. } => {}
+            Self::Cluster(c) => {
+                c.rebuild_soon();
             }
+            Self::Sentinel(s) => s.resolve_soon(),
+        }
+    }
+
+    /// Tells the link that the breaker's probe failed: a cluster link
+    /// rebuilds its connection (its view of the cluster may be stale).
+    pub(crate) fn probe_failed(&self) {
+        if let Self::Cluster(c) = self {
+            c.rebuild_soon();
         }
     }
 
@@ -162,90 +143,10 @@ impl Link {
     pub(crate) async fn pubsub(&self, attempt: u64) -> redis::RedisResult<redis::aio::PubSub> {
         match self {
             Self::Single { client, .. } => client.get_async_pubsub().await,
-            Self::Cluster {
-                conn,
-                seeds,
-                tls,
-                budget,
-            } => {
-                // The seeds first, from the next one on each attempt; when
-                // none answers, the nodes the cluster knows of (a seed
-                // may be a primary that died and was replaced).
-                let start = usize::try_from(attempt).unwrap_or(0) % seeds.len().max(1);
-                let mut last = None;
-                for seed in seeds.iter().cycle().skip(start).take(seeds.len()) {
-                    match subscribe_to(seed.clone(), tls.as_ref()).await {
-                        Ok(p) => return Ok(p),
-                        Err(e) => last = Some(e),
-                    }
-                }
-                let mut c = conn.clone();
-                let listed = tokio::time::timeout(
-                    *budget,
-                    redis::cmd("CLUSTER")
-                        .arg("NODES")
-                        .query_async::<String>(&mut c),
-                )
-                .await;
-                if let (Ok(Ok(listed)), Some(template)) = (listed, seeds.first()) {
-                    for (host, port) in live_nodes(&listed) {
-                        let addr = match template.addr() {
-                            redis::ConnectionAddr::TcpTls { insecure, .. } => {
-                                redis::ConnectionAddr::TcpTls {
-                                    host,
-                                    port,
-                                    insecure: *insecure,
-                                    tls_params: None,
-                                }
-                            }
-                            _ => redis::ConnectionAddr::Tcp(host, port),
-                        };
-                        match subscribe_to(template.clone().set_addr(addr), tls.as_ref()).await {
-                            Ok(p) => return Ok(p),
-                            Err(e) => last = Some(e),
-                        }
-                    }
-                }
-                Err(last.unwrap_or_else(|| {
-                    redis::RedisError::from((redis::ErrorKind::Client, "no cluster node answers"))
-                }))
-            }
+            Self::Cluster(c) => c.pubsub(attempt).await,
             Self::Sentinel(s) => s.pubsub().await,
         }
     }
-}
-
-async fn subscribe_to(
-    info: ConnectionInfo,
-    tls: Option<&TlsCertificates>,
-) -> redis::RedisResult<redis::aio::PubSub> {
-    client(info, tls)?.get_async_pubsub().await
-}
-
-/// The addresses of the nodes in `CLUSTER NODES` output that are neither
-/// failed nor without an address.
-fn live_nodes(listed: &str) -> Vec<(String, u16)> {
-    listed
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let addr = fields.nth(1)?;
-            let flags = fields.next()?;
-            if flags
-                .split(',')
-                .any(|f| matches!(f, "fail" | "fail?" | "noaddr" | "handshake"))
-            {
-                return None;
-            }
-            // `ip:port@cport[,hostname]`
-            let (host, port) = addr.split('@').next()?.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect()
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub(crate) fn manager_config(config: &CacheConfig) -> ConnectionManagerConfig {
@@ -313,25 +214,5 @@ impl ConnectionLike for AnyConn {
             Self::Cluster(c) => c.get_db(),
             Self::Unresolved => 0,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn live_nodes_skip_the_failed() {
-        let listed = "\
-a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
-b2 127.0.0.1:7001@17001,node-b master,fail - 0 0 2 disconnected
-c3 127.0.0.1:7002@17002 slave a1 0 0 1 connected
-d4 :0@0 noaddr - 0 0 0 disconnected
-";
-        assert_eq!(
-            super::live_nodes(listed),
-            [
-                ("127.0.0.1".to_owned(), 7000),
-                ("127.0.0.1".to_owned(), 7002)
-            ]
-        );
     }
 }

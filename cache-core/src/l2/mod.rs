@@ -12,6 +12,7 @@
 //! multi-key writes are pipelines on one server but separate commands on a
 //! cluster, where a pipeline must not span slots.
 
+mod cluster;
 mod link;
 mod sentinel;
 pub(crate) mod topology;
@@ -559,6 +560,7 @@ async fn probe_loop(l2: Weak<L2>) {
             Err(e) => {
                 tracing::debug!(error = %e, "redis probe failed");
                 strong.breaker.probe_failed();
+                strong.link.probe_failed();
             }
         }
     }
