@@ -129,6 +129,8 @@ pub(crate) struct Inner {
     pub(crate) owner_lists: crate::owner_list::OwnerLists,
     /// Audit events' rate limits (shared with the Redis breaker).
     pub(crate) audit: Arc<crate::audit::Audit>,
+    /// One scope set per distinct list among cached records (memory).
+    scope_sets: crate::scope::ScopeSets,
 }
 
 /// Verifies API keys through an in-process cache, Redis and the store.
@@ -235,6 +237,7 @@ impl ApiKeyCacheBuilder {
                 invalidations: Default::default(),
                 owner_lists,
                 audit,
+                scope_sets: Default::default(),
             }),
         };
         crate::telemetry::describe_once();
@@ -498,8 +501,10 @@ impl ApiKeyCache {
         drop_entries(&inner.l1)
     }
 
-    /// Wraps a loaded record with its key's usage counter.
-    pub(crate) fn found(&self, record: KeyRecord) -> Arc<Found> {
+    /// Wraps a loaded record with its key's usage counter (and a scope set
+    /// shared with the cached records that grant the same list).
+    pub(crate) fn found(&self, mut record: KeyRecord) -> Arc<Found> {
+        record.scopes = self.inner.scope_sets.share(record.scopes);
         let usage = self.inner.usage.cell(&record.id);
         Arc::new(Found::new(record, usage))
     }
