@@ -11,8 +11,7 @@ use crate::extract::validate_key;
 use crate::l1::{Entry, Found};
 use crate::limits::Decision;
 use crate::{
-    ApiKeyCache, Extracted, HeaderSource, KeyHash, KeyStatus, Mode, Outcome, RequiredScopes,
-    VerifiedKey,
+    ApiKeyCache, HeaderSource, KeyHash, KeyStatus, Mode, Outcome, RequiredScopes, VerifiedKey,
 };
 
 /// The future of [`ApiKeyCache::verify`]: ready at once on an L1 hit, a
@@ -87,10 +86,10 @@ impl ApiKeyCache {
         req: &R,
         required: &'a RequiredScopes,
     ) -> Verify<'a> {
-        match self.inner.extractor.extract(req) {
-            Extracted::Key(key) => self.verify_hash(self.hash_key(key), required),
-            Extracted::Missing => Verify::ready(self.counted(Outcome::Missing)),
-            Extracted::Malformed(m) => Verify::ready(self.counted(Outcome::Malformed(m))),
+        match self.inner.extractor.find(req) {
+            Ok(Some(key)) => self.verify_hash(self.inner.hasher.hash(key), required),
+            Ok(None) => Verify::ready(self.counted(Outcome::Missing)),
+            Err(m) => Verify::ready(self.counted(Outcome::Malformed(m))),
         }
     }
 
@@ -141,16 +140,16 @@ impl ApiKeyCache {
         req: &R,
         required: &RequiredScopes,
     ) -> Result<Outcome, KeyHash> {
-        match self.inner.extractor.extract(req) {
-            Extracted::Key(key) => {
-                let hash = self.hash_key(key);
+        match self.inner.extractor.find(req) {
+            Ok(Some(key)) => {
+                let hash = self.inner.hasher.hash(key);
                 match self.check_l1(&hash, required) {
                     Cached::Done(outcome) => Ok(self.counted(outcome)),
                     Cached::Limited(_) | Cached::Miss => Err(hash),
                 }
             }
-            Extracted::Missing => Ok(self.counted(Outcome::Missing)),
-            Extracted::Malformed(m) => Ok(self.counted(Outcome::Malformed(m))),
+            Ok(None) => Ok(self.counted(Outcome::Missing)),
+            Err(m) => Ok(self.counted(Outcome::Malformed(m))),
         }
     }
 
