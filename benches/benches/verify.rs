@@ -3,9 +3,7 @@
 //! * `floor`: SHA-256 of a 43-byte key plus a cache `get` of an `Arc`,
 //!   with moka (default hasher, and the pass-through hasher L1 uses) and
 //!   with quick_cache.
-//! * `l1_hit`: `ApiKeyCache::verify_key` answered by L1: moka, or
-//!   quick_cache when built with `--features apikey-cache/l1-quick-cache`
-//!   (run both to compare the engines).
+//! * `l1_hit`: `ApiKeyCache::verify_key` answered by L1.
 //! * `l2_hit`: L1 disabled (TTL 0), answered by Redis on loopback.
 //! * `l1_hit_rate_limited`: an L1 hit on a key with a rate limit: one
 //!   limiter script round trip to Redis.

@@ -105,8 +105,7 @@
 //!   L2, store) and the argument that closes the refill race.
 //! * `verify.rs`: the request path, [`Verify`] and the sync/owned halves for
 //!   web adapters.
-//! * `l1/` (its engine: `moka.rs`, or `quick.rs` with `l1-quick-cache`),
-//!   `l2.rs`, `codec.rs`, `breaker.rs`, `flight.rs`: the tiers, the
+//! * `l1/` (deadlines and verdicts; `moka.rs`, the engine), `l2.rs`, `codec.rs`, `breaker.rs`, `flight.rs`: the tiers, the
 //!   Redis value format, the Redis circuit breaker, single flight.
 //! * `owner_list.rs`: the owner key-list cache ([`OwnerKey`]), its tiers
 //!   and how invalidations reach it.
@@ -171,9 +170,11 @@
 //!   subscription: loads that ran before it listened may have missed events.
 //!
 //! * L1 is moka with an identity hasher over the digest and no per-entry
-//!   expiry (TTLs are per-entry deadlines checked on read); the cargo
-//!   feature `l1-quick-cache` swaps in quick_cache (S3-FIFO), for as long
-//!   as the README's side-by-side numbers show it worth keeping.
+//!   expiry (TTLs are per-entry deadlines checked on read); verdicts
+//!   without a record ("not found", "expired") are held in a moka cache of
+//!   their own, an eighth of `l1_capacity`, so that a random-key flood
+//!   cannot evict records (moka's TinyLFU alone forgets keys that stay idle
+//!   through a flood many times the capacity).
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
