@@ -68,7 +68,8 @@ enum Judged {
     Limited(Arc<Found>),
 }
 
-/// What L1 alone can say.
+/// What L1 alone can say. `check_l1` counts the outcome of a `Done`;
+/// `peek_l1` leaves it to its caller.
 enum Cached {
     Done(Outcome),
     Limited(Arc<Found>),
@@ -104,7 +105,7 @@ impl ApiKeyCache {
     /// Verifies a key by its hash.
     pub fn verify_hash<'a>(&'a self, hash: KeyHash, required: &'a RequiredScopes) -> Verify<'a> {
         match self.check_l1(&hash, required) {
-            Cached::Done(outcome) => Verify::ready(self.counted(outcome)),
+            Cached::Done(outcome) => Verify::ready(outcome),
             Cached::Limited(found) => Verify(VerifyState::Pending(Box::pin(async move {
                 let outcome = self.limit(found).await;
                 self.counted(outcome)
@@ -144,7 +145,7 @@ impl ApiKeyCache {
             Ok(Some(key)) => {
                 let hash = self.inner.hasher.hash(key);
                 match self.check_l1(&hash, required) {
-                    Cached::Done(outcome) => Ok(self.counted(outcome)),
+                    Cached::Done(outcome) => Ok(outcome),
                     Cached::Limited(_) | Cached::Miss => Err(hash),
                 }
             }
@@ -181,12 +182,13 @@ impl ApiKeyCache {
     #[inline]
     pub fn verify_cached(&self, hash: &KeyHash, required: &RequiredScopes) -> Option<Outcome> {
         match self.check_l1(hash, required) {
-            Cached::Done(outcome) => Some(self.counted(outcome)),
+            Cached::Done(outcome) => Some(outcome),
             Cached::Limited(_) | Cached::Miss => None,
         }
     }
 
-    /// L1's answer, counted as an L1 hit or miss.
+    /// L1's answer, counted as an L1 hit or miss, and a `Done`'s outcome
+    /// counted too: a valid one with a single add for both counts.
     #[inline]
     fn check_l1(&self, hash: &KeyHash, required: &RequiredScopes) -> Cached {
         let stats = &self.inner.stats;
@@ -196,9 +198,17 @@ impl ApiKeyCache {
                 stats.l1_misses.incr();
                 Cached::Miss
             }
-            Some(cached) => {
+            Some(Cached::Done(outcome @ Outcome::Valid(_))) => {
+                stats.l1_valid.incr();
+                Cached::Done(outcome)
+            }
+            Some(Cached::Done(outcome)) => {
                 stats.l1_hits.incr();
-                cached
+                Cached::Done(self.counted(outcome))
+            }
+            Some(limited @ Cached::Limited(_)) => {
+                stats.l1_hits.incr();
+                limited
             }
         }
     }
