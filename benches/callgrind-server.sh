@@ -27,9 +27,9 @@ for _ in $(seq 1 1200); do
 done
 url="http://127.0.0.1:$port/v1/whoami"
 taskset -c 1 wrk -t1 -c4 -d2s -s "$script" "$url" >/dev/null
-callgrind_control -z "$server" >/dev/null
+callgrind_control -z "$server" >/dev/null 2>&1
 requests=$(taskset -c 1 wrk -t1 -c4 -d"${seconds}s" -s "$script" "$url" | awk '/ requests in /{print $1}')
-callgrind_control -d "$server" >/dev/null
+callgrind_control -d "$server" >/dev/null 2>&1
 sleep 1
 ir=$(grep -h '^summary:' "$out"/cg.out.* | awk '{s += $2} END {print s}')
 echo "$framework $mode: $requests requests, $((ir / requests)) instructions per request"
