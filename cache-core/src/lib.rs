@@ -105,8 +105,9 @@
 //!   L2, store) and the argument that closes the refill race.
 //! * `verify.rs`: the request path, [`Verify`] and the sync/owned halves for
 //!   web adapters.
-//! * `l1/` (deadlines and verdicts; `moka.rs`, the engine), `l2.rs`, `codec.rs`, `breaker.rs`, `flight.rs`: the tiers, the
-//!   Redis value format, the Redis circuit breaker, single flight.
+//! * `l1/` (deadlines and verdicts; `moka.rs`, the engine), `l2.rs`,
+//!   `codec.rs`, `breaker.rs`, `flight.rs`: the tiers, the Redis value
+//!   format, the Redis circuit breaker, single flight.
 //! * `owner_list.rs`: the owner key-list cache ([`OwnerKey`]), its tiers
 //!   and how invalidations reach it.
 //! * `invalidation/`: invalidating keys, key ids and owners on every

@@ -234,24 +234,24 @@ impl std::fmt::Debug for RequiredScopes {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn equal_lists_share_one_set_and_the_table_is_bounded() {
-        let sets = super::ScopeSets::default();
+        let sets = ScopeSets::default();
         let a = sets.share(Scopes::new(["orders:*", "whoami"]));
         let b = sets.share(Scopes::new(["orders:*", "whoami"]));
         let c = sets.share(Scopes::new(["whoami", "orders:*"]));
         assert!(a.shares(&b), "same list, one set");
         assert!(!a.shares(&c), "another order is another list");
         assert!(b.grants("orders:read") && !b.grants("billing"));
-        for i in 0..super::ScopeSets::MAX + 10 {
+        for i in 0..ScopeSets::MAX + 10 {
             sets.share(Scopes::new([format!("s{i}")]));
         }
         let len = sets.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
-        assert!(len <= super::ScopeSets::MAX, "{len}");
+        assert!(len <= ScopeSets::MAX, "{len}");
         assert!(a.grants("orders:x"), "a set outlives the table's reset");
     }
-
-    use super::*;
 
     #[test]
     fn wildcards() {
