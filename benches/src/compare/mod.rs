@@ -25,6 +25,10 @@
 //! (or into `--out DIR`). Fewer than 8 rounds or 3 s per run is marked a
 //! smoke run in all three; a full run also rewrites the README's results
 //! block (between `<!-- compare:begin -->` and `<!-- compare:end -->`).
+//!
+//! Interrupted (Ctrl-C), it leaves its database behind:
+//! `DROP DATABASE apikey_cache_compare_<pid>` (the servers and
+//! redis-server get the same signal and exit).
 
 pub mod report;
 pub mod stats;
