@@ -1,8 +1,8 @@
 //! The verification path, side by side with its floor.
 //!
 //! * `floor`: SHA-256 of a 43-byte key plus a cache `get` of an `Arc`,
-//!   with moka (the design's reference) and with quick_cache (what L1 is
-//!   built on).
+//!   with moka (default hasher, and the pass-through hasher L1 uses) and
+//!   with quick_cache.
 //! * `l1_hit`: `ApiKeyCache::verify_key` answered by L1.
 //! * `l2_hit`: L1 disabled (TTL 0), answered by Redis on loopback.
 //! * `l1_hit_rate_limited`: an L1 hit on a key with a rate limit: one
@@ -16,6 +16,7 @@
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
+use std::hash::BuildHasherDefault;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,24 @@ use futures::FutureExt;
 use sha2::{Digest, Sha256};
 
 const KEYS: usize = 10_000;
+
+/// The first 8 digest bytes as the hash, as L1's moka engine does
+/// (`cache-core/src/l1/moka.rs`); here over a bare `[u8; 32]`, which hashes
+/// as a length and then its bytes.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(first) = bytes.first_chunk::<8>() {
+            self.0 = u64::from_le_bytes(*first);
+        }
+    }
+    fn write_usize(&mut self, _len: usize) {}
+}
 
 fn keys() -> Vec<String> {
     (0..KEYS)
@@ -86,6 +105,19 @@ fn bench(c: &mut Criterion) {
         quick.insert(h, Arc::new(k.clone()));
     }
     floor(&mut group, "floor_sha256_moka_get", &keys, |h| moka.get(h));
+    let moka_digest: moka::sync::Cache<[u8; 32], Arc<String>, BuildHasherDefault<DigestHasher>> =
+        moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .build_with_hasher(BuildHasherDefault::default());
+    for k in &keys {
+        moka_digest.insert(Sha256::digest(k.as_bytes()).into(), Arc::new(k.clone()));
+    }
+    floor(
+        &mut group,
+        "floor_sha256_moka_digest_hasher_get",
+        &keys,
+        |h| moka_digest.get(h),
+    );
     floor(&mut group, "floor_sha256_quick_cache_get", &keys, |h| {
         quick.get(h)
     });

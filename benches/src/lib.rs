@@ -1,15 +1,18 @@
 //! Shared pieces of the apikey-cache benchmarks: the axum apps of the
 //! side-by-side HTTP comparison, served by `bench-server` and driven
-//! in-process by the `router` example (instruction counts), and the actix
-//! ones ([`actix`]), served by `actix-bench-server`.
+//! in-process by the `router` example (instruction counts), the actix
+//! ones ([`actix`]), served by `actix-bench-server`, the comparison itself
+//! ([`compare`], the `compare` binary) and L1 memory per key ([`memory`]).
 //!
 //! The criterion benchmarks live in `benches/`; run them with
 //! `cargo bench -p apikey-cache-benches`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use apikey_cache::{
-    ApiKeyCache, CacheConfig, KeyId, KeyRecord, MemoryStore, RequiredScopes, Scopes,
+    ApiKeyCache, CacheConfig, KeyHash, KeyId, KeyRecord, KeyStore, MemoryStore, Mode,
+    PostgresStore, RateLimit, RequiredScopes, Scopes,
 };
 use apikey_cache_tower::{ApiKeyLayer, Authenticated};
 use axum::body::Body;
@@ -19,6 +22,8 @@ use axum::Router;
 use sha2::{Digest, Sha256};
 
 pub mod actix;
+pub mod compare;
+pub mod memory;
 use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
 
 /// How many keys the `apikey`, `moka` and `quick` apps know.
@@ -91,25 +96,124 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for StaticBearer {
     }
 }
 
-/// A cache (configured by `APIKEY_CACHE_*`) over a memory store of
-/// [`KEYS`] keys (scopes `orders:*` and `whoami`), every key verified once
-/// so that a run measures L1 hits. Both frameworks' `apikey` servers use it.
+/// Bench key `i`'s record: id `key_<i>`, 100 owners, scopes `orders:*` and
+/// `whoami`, and `limit` if given.
+///
+/// ```
+/// use apikey_cache::KeyHasher;
+/// use apikey_cache_benches::{bench_record, key};
+///
+/// let r = bench_record(7, KeyHasher::new(None).hash(key(7).as_bytes()), None);
+/// assert_eq!((r.id.as_str(), r.owner.as_str()), ("key_7", "owner_7"));
+/// ```
+pub fn bench_record(i: usize, hash: KeyHash, limit: Option<RateLimit>) -> KeyRecord {
+    let mut record = KeyRecord::new(
+        KeyId::new(format!("key_{i}")),
+        hash,
+        format!("owner_{}", i % 100),
+        Scopes::new(["orders:*", "whoami"]),
+    );
+    record.rate_limit = limit;
+    record
+}
+
+/// `BENCH_RATE_LIMIT` (`<requests>/<seconds>`): every bench key's limit.
+fn rate_limit_from_env() -> Result<Option<RateLimit>, Box<dyn std::error::Error>> {
+    let Ok(text) = std::env::var("BENCH_RATE_LIMIT") else {
+        return Ok(None);
+    };
+    let (requests, secs) = text
+        .split_once('/')
+        .ok_or("BENCH_RATE_LIMIT: expected <requests>/<seconds>")?;
+    Ok(Some(RateLimit::try_new(
+        requests.parse()?,
+        Duration::from_secs(secs.parse()?),
+    )?))
+}
+
+/// A cache (configured by `APIKEY_CACHE_*`) over [`KEYS`] bench keys
+/// ([`bench_record`]), every key verified once so that a run measures L1
+/// hits. Both frameworks' `apikey` servers use it.
+///
+/// The keys live in a memory store, or with `BENCH_STORE_URL` in that
+/// PostgreSQL database (which must hold them already: `compare` fills
+/// it). `BENCH_RATE_LIMIT=<requests>/<seconds>` gives every key that rate
+/// limit. In `database_only` mode nothing is warmed.
 ///
 /// Must run inside a Tokio runtime (the cache spawns its background tasks).
 pub async fn warm_cache() -> Result<ApiKeyCache, Box<dyn std::error::Error>> {
-    let store = Arc::new(MemoryStore::new());
-    let cache = ApiKeyCache::new(CacheConfig::from_env()?, store.clone())?;
+    let config = CacheConfig::from_env()?;
+    let with_redis = config.redis_url.is_some();
+    let limit = rate_limit_from_env()?;
+    let store: Arc<dyn KeyStore> = match std::env::var("BENCH_STORE_URL") {
+        Ok(url) => Arc::new(PostgresStore::connect(&url).await?),
+        Err(_) => {
+            let store = MemoryStore::new();
+            let hasher = apikey_cache::KeyHasher::new(config.pepper.as_deref().map(str::as_bytes));
+            for i in 0..KEYS {
+                store.insert(bench_record(i, hasher.hash(key(i).as_bytes()), limit));
+            }
+            Arc::new(store)
+        }
+    };
+    let cache = ApiKeyCache::new(config, store)?;
+    if cache.mode() == Mode::DatabaseOnly {
+        return Ok(cache);
+    }
+    if with_redis {
+        // Let the connection come up, so that warming fills Redis too.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     for i in 0..KEYS {
-        let k = key(i);
-        store.insert(KeyRecord::new(
-            KeyId::new(format!("key_{i}")),
-            cache.hash_key(&k),
-            format!("owner_{}", i % 100),
-            Scopes::new(["orders:*", "whoami"]),
-        ));
-        cache.verify_key(&k, &RequiredScopes::none()).await;
+        cache.verify_key(&key(i), &RequiredScopes::none()).await;
     }
     Ok(cache)
+}
+
+/// Serves [`app`]`(mode)` on 127.0.0.1:`port` until killed: what
+/// `bench-server` runs. Builds its own runtime (sized by
+/// `TOKIO_WORKER_THREADS`, like `#[tokio::main]`).
+pub fn serve_axum(mode: &str, port: u16) -> Result<(), Box<dyn std::error::Error>> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let app = app(mode).await?;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+            axum::serve(listener, app).await?;
+            Ok(())
+        })
+}
+
+/// Serves [`actix::ActixApp`]`(mode)` on 127.0.0.1:`port` with `workers`
+/// workers (one app and one cache for all) until killed: what
+/// `actix-bench-server` runs.
+pub fn serve_actix(
+    mode: &str,
+    port: u16,
+    workers: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    actix_web::rt::System::new().block_on(async move {
+        let app = actix::ActixApp::new(mode).await?;
+        actix_web::HttpServer::new(move || {
+            let app = app.clone();
+            actix_web::App::new().configure(move |cfg| app.configure(cfg))
+        })
+        .workers(workers)
+        .bind(("127.0.0.1", port))?
+        .run()
+        .await?;
+        Ok(())
+    })
+}
+
+/// `TOKIO_WORKER_THREADS`, else one per core: the actix servers' workers,
+/// so that one setting sizes both frameworks' servers.
+pub fn workers_from_env() -> Result<usize, Box<dyn std::error::Error>> {
+    Ok(match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(n) => n.parse()?,
+        Err(_) => std::thread::available_parallelism().map_or(1, usize::from),
+    })
 }
 
 /// The app for `mode` (one of [`MODES`]), with every key in its cache:

@@ -129,6 +129,8 @@ pub(crate) struct Inner {
     pub(crate) owner_lists: crate::owner_list::OwnerLists,
     /// Audit events' rate limits (shared with the Redis breaker).
     pub(crate) audit: Arc<crate::audit::Audit>,
+    /// One scope set per distinct list among cached records (memory).
+    scope_sets: crate::scope::ScopeSets,
 }
 
 /// Verifies API keys through an in-process cache, Redis and the store.
@@ -235,6 +237,7 @@ impl ApiKeyCacheBuilder {
                 invalidations: Default::default(),
                 owner_lists,
                 audit,
+                scope_sets: Default::default(),
             }),
         };
         crate::telemetry::describe_once();
@@ -495,8 +498,10 @@ impl ApiKeyCache {
         drop_entries(&inner.l1)
     }
 
-    /// Wraps a loaded record with its key's usage counter.
-    pub(crate) fn found(&self, record: KeyRecord) -> Arc<Found> {
+    /// Wraps a loaded record with its key's usage counter (and a scope set
+    /// shared with the cached records that grant the same list).
+    pub(crate) fn found(&self, mut record: KeyRecord) -> Arc<Found> {
+        record.scopes = self.inner.scope_sets.share(record.scopes);
         let usage = self.inner.usage.cell(&record.id);
         Arc::new(Found::new(record, usage))
     }
@@ -537,9 +542,10 @@ impl ApiKeyCache {
         let ms =
             |us: &AtomicU64| Duration::from_micros(us.load(Ordering::Relaxed)).as_secs_f64() * 1e3;
         let l2_count = |f: fn(&L2) -> &AtomicU64| l2.map_or(0, |l2| f(l2).load(Ordering::Relaxed));
+        let l1_valid = inner.stats.l1_valid.get();
         CacheStats {
             l1_entries: inner.l1.entry_count(),
-            l1_hits: inner.stats.l1_hits.get(),
+            l1_hits: inner.stats.l1_hits.get() + l1_valid,
             l1_misses: inner.stats.l1_misses.get(),
             l2_hits: l2_count(|l2| &l2.stats.hits),
             l2_misses: l2_count(|l2| &l2.stats.misses),
@@ -557,7 +563,14 @@ impl ApiKeyCache {
             invalidations_local: inner.stats.invalidations_local.load(Ordering::Relaxed),
             invalidations_remote: inner.stats.invalidations_remote.load(Ordering::Relaxed),
             mode: self.mode(),
-            outcomes: std::array::from_fn(|i| inner.stats.outcomes[i].get()),
+            outcomes: std::array::from_fn(|i| {
+                let valid = if i == crate::Outcome::VALID_INDEX {
+                    l1_valid
+                } else {
+                    0
+                };
+                inner.stats.outcomes[i].get() + valid
+            }),
             usage_pending_keys: pending.keys,
             usage_pending_increments: pending.increments,
             usage_flush_errors: inner.usage.flush_errors.load(Ordering::Relaxed),

@@ -230,21 +230,40 @@ impl KeyExtractor {
 
     /// Finds the key in a request.
     pub fn extract<'a, R: HeaderSource + ?Sized>(&self, req: &'a R) -> Extracted<'a> {
+        match self.find(req) {
+            Ok(Some(key)) => match std::str::from_utf8(key) {
+                Ok(key) => Extracted::Key(key),
+                Err(_) => Extracted::Malformed(Malformed::InvalidByte),
+            },
+            Ok(None) => Extracted::Missing,
+            Err(m) => Extracted::Malformed(m),
+        }
+    }
+
+    /// [`extract`](Self::extract) for the request path: the key's bytes,
+    /// checked ([`validate_key`]: visible ASCII, so also UTF-8, which is
+    /// not checked again); `Ok(None)` when there is no key.
+    #[inline]
+    pub(crate) fn find<'a, R: HeaderSource + ?Sized>(
+        &self,
+        req: &'a R,
+    ) -> Result<Option<&'a [u8]>, Malformed> {
+        let checked = |v: &'a [u8]| validate_key(v).map(|()| Some(v));
         let mut other_scheme = false;
         for source in &self.sources {
             match source {
                 KeySource::AuthorizationBearer => match req.header("authorization") {
                     HeaderLookup::Absent => {}
-                    HeaderLookup::Many => return Extracted::Malformed(Malformed::Duplicated),
+                    HeaderLookup::Many => return Err(Malformed::Duplicated),
                     HeaderLookup::One(v) => match strip_bearer(v) {
-                        Some(token) => return check_key(token),
+                        Some(token) => return checked(token),
                         None => other_scheme = true,
                     },
                 },
                 KeySource::Header(name) => match req.header(name) {
                     HeaderLookup::Absent => {}
-                    HeaderLookup::Many => return Extracted::Malformed(Malformed::Duplicated),
-                    HeaderLookup::One(v) => return check_key(v),
+                    HeaderLookup::Many => return Err(Malformed::Duplicated),
+                    HeaderLookup::One(v) => return checked(v),
                 },
                 KeySource::Query(param) => {
                     let Some(query) = req.query() else { continue };
@@ -254,16 +273,16 @@ impl KeyExtractor {
                     });
                     match HeaderLookup::from_values(values) {
                         HeaderLookup::Absent => {}
-                        HeaderLookup::Many => return Extracted::Malformed(Malformed::Duplicated),
-                        HeaderLookup::One(v) => return check_key(v),
+                        HeaderLookup::Many => return Err(Malformed::Duplicated),
+                        HeaderLookup::One(v) => return checked(v),
                     }
                 }
             }
         }
         if other_scheme {
-            Extracted::Malformed(Malformed::UnsupportedScheme)
+            Err(Malformed::UnsupportedScheme)
         } else {
-            Extracted::Missing
+            Ok(None)
         }
     }
 }

@@ -105,8 +105,9 @@
 //!   L2, store) and the argument that closes the refill race.
 //! * `verify.rs`: the request path, [`Verify`] and the sync/owned halves for
 //!   web adapters.
-//! * `l1.rs`, `l2.rs`, `codec.rs`, `breaker.rs`, `flight.rs`: the tiers, the
-//!   Redis value format, the Redis circuit breaker, single flight.
+//! * `l1/` (deadlines and verdicts; `moka.rs`, the engine), `l2.rs`,
+//!   `codec.rs`, `breaker.rs`, `flight.rs`: the tiers, the Redis value
+//!   format, the Redis circuit breaker, single flight.
 //! * `owner_list.rs`: the owner key-list cache ([`OwnerKey`]), its tiers
 //!   and how invalidations reach it.
 //! * `invalidation/`: invalidating keys, key ids and owners on every
@@ -169,14 +170,12 @@
 //! * A subscriber that (re)subscribes clears L1, including on its first
 //!   subscription: loads that ran before it listened may have missed events.
 //!
-//! # Where this departs from the design
-//!
-//! * L1 is a `quick_cache` (S3-FIFO) cache, not moka. Measured through
-//!   axum on two cores, moka's per-read bookkeeping cost about 10% of a
-//!   request's CPU, more than everything else the layer does; S3-FIFO gives
-//!   the same protection against random-key floods (one-off keys churn a
-//!   small probation queue; keys read twice are kept). TTLs are per-entry
-//!   deadlines checked on read, so no entry needs the cache to expire it.
+//! * L1 is moka with an identity hasher over the digest and no per-entry
+//!   expiry (TTLs are per-entry deadlines checked on read); verdicts
+//!   without a record ("not found", "expired") are held in a moka cache of
+//!   their own, an eighth of `l1_capacity`, so that a random-key flood
+//!   cannot evict records (moka's TinyLFU alone forgets keys that stay idle
+//!   through a flood many times the capacity).
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

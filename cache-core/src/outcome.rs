@@ -136,10 +136,13 @@ impl Outcome {
         "quota_exceeded",
     ];
 
+    /// [`index`](Self::index) of a valid outcome.
+    pub(crate) const VALID_INDEX: usize = 0;
+
     /// A dense index of the variant, `0..LABELS.len()`.
     pub const fn index(&self) -> usize {
         match self {
-            Self::Valid(_) => 0,
+            Self::Valid(_) => Self::VALID_INDEX,
             Self::Missing => 1,
             Self::Malformed(_) => 2,
             Self::Unknown => 3,

@@ -16,9 +16,9 @@
 //! assert_eq!(granted.missing(&needed), vec!["billing:read".to_string()]);
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Up to this many exact scopes are compared one by one; a scan of a few
 /// short strings beats hashing the required scope.
@@ -27,8 +27,16 @@ const SCAN_LIMIT: usize = 8;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The scopes a key grants, with a lookup index.
+///
+/// Cheap to clone: clones share one immutable set. The cache also shares
+/// one set between the cached records that grant the same scopes (see
+/// [`ScopeSets`]), so a million keys with a handful of distinct scope
+/// lists hold a handful of sets, not a million.
 #[derive(Clone, Default)]
-pub struct Scopes {
+pub struct Scopes(Arc<ScopeSet>);
+
+#[derive(Default)]
+struct ScopeSet {
     list: Vec<String>,
     all: bool,
     /// Exact scopes, scanned when few.
@@ -47,13 +55,7 @@ impl Scopes {
         S: Into<String>,
     {
         let list: Vec<String> = scopes.into_iter().map(Into::into).collect();
-        let mut out = Self {
-            all: false,
-            exact: Vec::new(),
-            exact_set: None,
-            prefixes: Vec::new(),
-            list: Vec::new(),
-        };
+        let mut out = ScopeSet::default();
         for s in &list {
             if s == "*" {
                 out.all = true;
@@ -67,26 +69,27 @@ impl Scopes {
             out.exact_set = Some(out.exact.iter().cloned().collect());
         }
         out.list = list;
-        out
+        Self(Arc::new(out))
     }
 
     /// The scopes as given, in order.
     pub fn as_slice(&self) -> &[String] {
-        &self.list
+        &self.0.list
     }
 
     /// Whether `scope` is granted, directly or by a wildcard.
     pub fn grants(&self, scope: &str) -> bool {
-        let exact = match &self.exact_set {
-            Some(set) => set.contains(scope),
-            None => self.exact.iter().any(|s| **s == *scope),
+        let set = &*self.0;
+        let exact = match &set.exact_set {
+            Some(exact) => exact.contains(scope),
+            None => set.exact.iter().any(|s| **s == *scope),
         };
-        self.all || exact || self.prefixes.iter().any(|p| scope.starts_with(&**p))
+        set.all || exact || set.prefixes.iter().any(|p| scope.starts_with(&**p))
     }
 
     /// Whether every required scope is granted. Allocates nothing.
     pub fn grants_all(&self, required: &RequiredScopes) -> bool {
-        self.all || required.iter().all(|s| self.grants(s))
+        self.0.all || required.iter().all(|s| self.grants(s))
     }
 
     /// The required scopes that are not granted, in the order required.
@@ -97,17 +100,50 @@ impl Scopes {
             .map(|s| s.to_string())
             .collect()
     }
+
+    /// Whether both share one set (not just equal lists).
+    #[cfg(test)]
+    pub(crate) fn shares(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The scope sets of the cached records, one per distinct list: a record
+/// loaded into the cache takes the set an earlier record with the same list
+/// already holds ([`ScopeSets::share`]), on the load path, never on a hit.
+///
+/// Bounded: past [`ScopeSets::MAX`] distinct lists the table starts over
+/// (records keep the sets they hold; only later loads share less), so keys
+/// that each grant a list of their own cost what they did without it.
+#[derive(Default)]
+pub(crate) struct ScopeSets(Mutex<HashMap<Vec<String>, Scopes>>);
+
+impl ScopeSets {
+    const MAX: usize = 4096;
+
+    /// `scopes`, or an equal set already shared.
+    pub(crate) fn share(&self, scopes: Scopes) -> Scopes {
+        let mut sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = sets.get(scopes.as_slice()) {
+            return shared.clone();
+        }
+        if sets.len() >= Self::MAX {
+            sets.clear();
+        }
+        sets.insert(scopes.as_slice().to_vec(), scopes.clone());
+        scopes
+    }
 }
 
 impl std::fmt::Debug for Scopes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(&self.list).finish()
+        f.debug_list().entries(&self.0.list).finish()
     }
 }
 
 impl PartialEq for Scopes {
     fn eq(&self, other: &Self) -> bool {
-        self.list == other.list
+        self.0.list == other.0.list
     }
 }
 
@@ -115,7 +151,7 @@ impl Eq for Scopes {}
 
 impl Serialize for Scopes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.list.serialize(s)
+        self.0.list.serialize(s)
     }
 }
 
@@ -199,6 +235,23 @@ impl std::fmt::Debug for RequiredScopes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_lists_share_one_set_and_the_table_is_bounded() {
+        let sets = ScopeSets::default();
+        let a = sets.share(Scopes::new(["orders:*", "whoami"]));
+        let b = sets.share(Scopes::new(["orders:*", "whoami"]));
+        let c = sets.share(Scopes::new(["whoami", "orders:*"]));
+        assert!(a.shares(&b), "same list, one set");
+        assert!(!a.shares(&c), "another order is another list");
+        assert!(b.grants("orders:read") && !b.grants("billing"));
+        for i in 0..ScopeSets::MAX + 10 {
+            sets.share(Scopes::new([format!("s{i}")]));
+        }
+        let len = sets.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert!(len <= ScopeSets::MAX, "{len}");
+        assert!(a.grants("orders:x"), "a set outlives the table's reset");
+    }
 
     #[test]
     fn wildcards() {

@@ -40,7 +40,11 @@ impl StripedCounter {
 pub(crate) struct Stats {
     /// Requests by outcome, indexed by `Outcome::index`.
     pub(crate) outcomes: [StripedCounter; 11],
+    /// L1 hits that did not answer `valid` at once (see `l1_valid`).
     pub(crate) l1_hits: StripedCounter,
+    /// L1 hits answered `valid`, the hot path's one add for both its
+    /// counts: each is both an L1 hit and a `valid` outcome.
+    pub(crate) l1_valid: StripedCounter,
     pub(crate) l1_misses: StripedCounter,
     pub(crate) store_queries: AtomicU64,
     pub(crate) store_errors: AtomicU64,

@@ -11,8 +11,7 @@ use crate::extract::validate_key;
 use crate::l1::{Entry, Found};
 use crate::limits::Decision;
 use crate::{
-    ApiKeyCache, Extracted, HeaderSource, KeyHash, KeyStatus, Mode, Outcome, RequiredScopes,
-    VerifiedKey,
+    ApiKeyCache, HeaderSource, KeyHash, KeyStatus, Mode, Outcome, RequiredScopes, VerifiedKey,
 };
 
 /// The future of [`ApiKeyCache::verify`]: ready at once on an L1 hit, a
@@ -69,7 +68,8 @@ enum Judged {
     Limited(Arc<Found>),
 }
 
-/// What L1 alone can say.
+/// What L1 alone can say. `check_l1` counts the outcome of a `Done`;
+/// `peek_l1` leaves it to its caller.
 enum Cached {
     Done(Outcome),
     Limited(Arc<Found>),
@@ -87,10 +87,10 @@ impl ApiKeyCache {
         req: &R,
         required: &'a RequiredScopes,
     ) -> Verify<'a> {
-        match self.inner.extractor.extract(req) {
-            Extracted::Key(key) => self.verify_hash(self.hash_key(key), required),
-            Extracted::Missing => Verify::ready(self.counted(Outcome::Missing)),
-            Extracted::Malformed(m) => Verify::ready(self.counted(Outcome::Malformed(m))),
+        match self.inner.extractor.find(req) {
+            Ok(Some(key)) => self.verify_hash(self.inner.hasher.hash(key), required),
+            Ok(None) => Verify::ready(self.counted(Outcome::Missing)),
+            Err(m) => Verify::ready(self.counted(Outcome::Malformed(m))),
         }
     }
 
@@ -105,7 +105,7 @@ impl ApiKeyCache {
     /// Verifies a key by its hash.
     pub fn verify_hash<'a>(&'a self, hash: KeyHash, required: &'a RequiredScopes) -> Verify<'a> {
         match self.check_l1(&hash, required) {
-            Cached::Done(outcome) => Verify::ready(self.counted(outcome)),
+            Cached::Done(outcome) => Verify::ready(outcome),
             Cached::Limited(found) => Verify(VerifyState::Pending(Box::pin(async move {
                 let outcome = self.limit(found).await;
                 self.counted(outcome)
@@ -141,16 +141,16 @@ impl ApiKeyCache {
         req: &R,
         required: &RequiredScopes,
     ) -> Result<Outcome, KeyHash> {
-        match self.inner.extractor.extract(req) {
-            Extracted::Key(key) => {
-                let hash = self.hash_key(key);
+        match self.inner.extractor.find(req) {
+            Ok(Some(key)) => {
+                let hash = self.inner.hasher.hash(key);
                 match self.check_l1(&hash, required) {
-                    Cached::Done(outcome) => Ok(self.counted(outcome)),
+                    Cached::Done(outcome) => Ok(outcome),
                     Cached::Limited(_) | Cached::Miss => Err(hash),
                 }
             }
-            Extracted::Missing => Ok(self.counted(Outcome::Missing)),
-            Extracted::Malformed(m) => Ok(self.counted(Outcome::Malformed(m))),
+            Ok(None) => Ok(self.counted(Outcome::Missing)),
+            Err(m) => Ok(self.counted(Outcome::Malformed(m))),
         }
     }
 
@@ -182,12 +182,13 @@ impl ApiKeyCache {
     #[inline]
     pub fn verify_cached(&self, hash: &KeyHash, required: &RequiredScopes) -> Option<Outcome> {
         match self.check_l1(hash, required) {
-            Cached::Done(outcome) => Some(self.counted(outcome)),
+            Cached::Done(outcome) => Some(outcome),
             Cached::Limited(_) | Cached::Miss => None,
         }
     }
 
-    /// L1's answer, counted as an L1 hit or miss.
+    /// L1's answer, counted as an L1 hit or miss, and a `Done`'s outcome
+    /// counted too: a valid one with a single add for both counts.
     #[inline]
     fn check_l1(&self, hash: &KeyHash, required: &RequiredScopes) -> Cached {
         let stats = &self.inner.stats;
@@ -197,9 +198,17 @@ impl ApiKeyCache {
                 stats.l1_misses.incr();
                 Cached::Miss
             }
-            Some(cached) => {
+            Some(Cached::Done(outcome @ Outcome::Valid(_))) => {
+                stats.l1_valid.incr();
+                Cached::Done(outcome)
+            }
+            Some(Cached::Done(outcome)) => {
                 stats.l1_hits.incr();
-                cached
+                Cached::Done(self.counted(outcome))
+            }
+            Some(limited @ Cached::Limited(_)) => {
+                stats.l1_hits.incr();
+                limited
             }
         }
     }

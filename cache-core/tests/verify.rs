@@ -569,3 +569,49 @@ async fn random_key_flood_keeps_hot_keys_in_l1() {
         hot.len()
     );
 }
+
+/// An L1 hit that answers `valid` is counted with one add that stands for
+/// both of its counts; the stats still show it as an L1 hit and a `valid`
+/// outcome, beside hits that answer otherwise and answers that were loads.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn every_answer_is_counted_once_as_a_hit_or_miss_and_by_outcome() {
+    let admin: Arc<dyn KeyAdmin> = Arc::new(MemoryStore::new());
+    let store = CountingStore::new(admin.clone());
+    let cache = cache_over(&store, CacheConfig::default()).await;
+    let (key, _) = issue(&admin, &cache, &["a"]).await;
+    let none = RequiredScopes::none();
+    let b = RequiredScopes::new(["b"]);
+    let valid_index = Outcome::LABELS.iter().position(|l| *l == "valid").unwrap();
+    let valid = |s: &apikey_cache::CacheStats| s.outcomes[valid_index];
+    assert!(cache.verify_key(&key, &none).await.is_valid()); // a miss, loaded
+    for _ in 0..3 {
+        assert!(cache.verify_key(&key, &none).await.is_valid()); // valid hits
+    }
+    assert!(!cache.verify_key(&key, &b).await.is_valid()); // a refusing hit
+    assert_eq!(cache.verify_key("ak_nobody", &none).await, Outcome::Unknown); // a miss
+    assert_eq!(cache.verify_key("ak_nobody", &none).await, Outcome::Unknown); // a hit
+    let headers = {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-api-key", key.parse().unwrap());
+        h
+    };
+    assert!(cache.verify_now(&headers, &none).unwrap().is_valid()); // a valid hit
+    assert!(cache
+        .verify_cached(&cache.hash_key(&key), &none)
+        .unwrap()
+        .is_valid());
+
+    let s = cache.stats();
+    assert_eq!((s.l1_hits, s.l1_misses), (7, 2));
+    assert_eq!(valid(&s), 6, "1 loaded + 5 from L1");
+    let by = |o: Outcome| s.outcomes[o.index()];
+    assert_eq!(by(Outcome::Unknown), 2);
+    assert_eq!(s.outcomes.iter().sum::<u64>(), 9, "one outcome per answer");
+    assert_eq!(
+        by(Outcome::InsufficientScope {
+            missing: Vec::new()
+        }),
+        1
+    );
+}

@@ -9,30 +9,13 @@
 //!
 //! Listens on 127.0.0.1:$PORT (default 8080) with as many workers as
 //! `TOKIO_WORKER_THREADS` says (default: one per core), so that one
-//! setting sizes both frameworks' servers under `ab-bench`.
-
-use apikey_cache_benches::actix::ActixApp;
+//! setting sizes both frameworks' servers under `compare`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "apikey".into());
-    let port: u16 = std::env::var("PORT")
+    let port = std::env::var("PORT")
         .unwrap_or_else(|_| "8080".into())
         .parse()?;
-    let workers = match std::env::var("TOKIO_WORKER_THREADS") {
-        Ok(n) => n.parse()?,
-        Err(_) => std::thread::available_parallelism().map_or(1, usize::from),
-    };
-    actix_web::rt::System::new().block_on(async move {
-        // One app (and one cache) for every worker.
-        let app = ActixApp::new(&mode).await?;
-        actix_web::HttpServer::new(move || {
-            let app = app.clone();
-            actix_web::App::new().configure(move |cfg| app.configure(cfg))
-        })
-        .workers(workers)
-        .bind(("127.0.0.1", port))?
-        .run()
-        .await?;
-        Ok(())
-    })
+    let workers = apikey_cache_benches::workers_from_env()?;
+    apikey_cache_benches::serve_actix(&mode, port, workers)
 }

@@ -9,16 +9,15 @@
 //! bench-server quick    # the same with quick_cache instead of moka
 //! ```
 //!
-//! Listens on 127.0.0.1:$PORT (default 8080). `benches/wrk/random-key.lua`
-//! sends one of the 10k keys at random per request. Run through
-//! `../shared/tools/ab-bench`, see the README.
+//! Listens on 127.0.0.1:$PORT (default 8080). `apikey` takes every
+//! `APIKEY_CACHE_*` setting, plus `BENCH_STORE_URL` and `BENCH_RATE_LIMIT`
+//! (see [`apikey_cache_benches::warm_cache`]). The `compare` binary runs
+//! these same apps side by side; see the README.
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "apikey".into());
-    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
-    let app = apikey_cache_benches::app(&mode).await?;
-    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
-    axum::serve(listener, app).await?;
-    Ok(())
+    let port = std::env::var("PORT")
+        .unwrap_or_else(|_| "8080".into())
+        .parse()?;
+    apikey_cache_benches::serve_axum(&mode, port)
 }
