@@ -88,6 +88,18 @@ async fn until_outcome(cache: &ApiKeyCache, key: &str, want: Outcome, what: &str
     wait_until_async(what, || async { verify(cache, key).await == want }).await;
 }
 
+/// Calls `invalidate` until it reports the invalidation in Redis (every
+/// 50 ms, at most 10 s); returns how many calls were refused first.
+async fn invalidate_until_landed(cache: &ApiKeyCache, hash: &apikey_cache::KeyHash) -> u32 {
+    let mut refused = 0;
+    while cache.invalidate(hash).await.is_err() {
+        refused += 1;
+        assert!(refused < 200, "the invalidation never landed in Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    refused
+}
+
 /// Two instances seeded through different nodes: reads and fills,
 /// invalidation and owner suspension across them, an exact fleet-wide rate
 /// limit, usage counts, and health.
@@ -222,15 +234,7 @@ async fn cluster_primary_killed_during_verifies() {
 
     // The first invalidation that lands after the kill.
     fleet.store.revoke_key(&revoked.id).await.unwrap();
-    let mut attempts = 0;
-    while a.invalidate(&revoked.hash).await.is_err() {
-        attempts += 1;
-        assert!(
-            attempts < 200,
-            "invalidation never landed after the failover"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let attempts = invalidate_until_landed(a, &revoked.hash).await;
     let first_invalidation = killed_at.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (worst, calls) = stream.await.unwrap();
@@ -350,15 +354,7 @@ async fn sentinel_failover_is_followed() {
         .await;
     }
     fleet.store.revoke_key(&record.id).await.unwrap();
-    let mut attempts = 0;
-    while a.invalidate(&record.hash).await.is_err() {
-        attempts += 1;
-        assert!(
-            attempts < 200,
-            "invalidation never landed on the new primary"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    invalidate_until_landed(a, &record.hash).await;
     assert_eq!(verify(a, &key).await, Outcome::Revoked);
     until_outcome(b, &key, Outcome::Revoked, "B refuses after the failover").await;
     // The tombstone is on the new primary, where B reads.
