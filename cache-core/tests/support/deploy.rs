@@ -108,7 +108,7 @@ async fn poll_until_async<T>(
 
 /// How [`Proc`] knows its process is up.
 #[derive(Clone)]
-enum Readiness {
+pub(super) enum Readiness {
     /// Answers `PING` over plain TCP (a server, a cluster node, a sentinel).
     Ping,
     /// Answers `redis-cli <args> PING` (over TLS).
@@ -117,8 +117,8 @@ enum Readiness {
 
 /// One `redis-server` process on a leased port, restartable with the same
 /// arguments.
-struct Proc {
-    port: u16,
+pub(super) struct Proc {
+    pub(super) port: u16,
     /// The main port's lease and any extra ones (a cluster bus port), held
     /// for the process's whole life, restarts included.
     leases: Vec<PortLease>,
@@ -135,7 +135,7 @@ impl Proc {
     /// arguments `args(ports, dir)` until it is ready. A port can still be
     /// taken by a process that takes no leases: then redis-server exits at
     /// once and other ports are tried.
-    fn start(
+    pub(super) fn start(
         kind: &str,
         ports: usize,
         readiness: Readiness,
@@ -217,16 +217,16 @@ impl Proc {
     }
 
     /// Running and not paused: it answers.
-    fn alive(&self) -> bool {
+    pub(super) fn alive(&self) -> bool {
         self.child.is_some() && !self.paused
     }
 
-    fn pause(&mut self) {
+    pub(super) fn pause(&mut self) {
         self.signal("-STOP");
         self.paused = self.child.is_some();
     }
 
-    fn resume(&mut self) {
+    pub(super) fn resume(&mut self) {
         self.signal("-CONT");
         self.paused = false;
     }
@@ -241,7 +241,7 @@ impl Proc {
         }
     }
 
-    fn kill9(&mut self) {
+    pub(super) fn kill9(&mut self) {
         self.resume();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -249,7 +249,7 @@ impl Proc {
         }
     }
 
-    fn restart(&mut self) {
+    pub(super) fn restart(&mut self) {
         self.kill9();
         assert!(self.spawn(), "port {} was taken meanwhile", self.port);
     }
