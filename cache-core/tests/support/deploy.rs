@@ -106,6 +106,25 @@ async fn poll_until_async<T>(
     }
 }
 
+/// `redis-server` arguments: `extra`, then what every test server has
+/// (loopback only, no persistence, in the foreground).
+pub(super) fn server_args(extra: &[&str]) -> Vec<String> {
+    extra
+        .iter()
+        .chain(&[
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ])
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
 /// How [`Proc`] knows its process is up.
 #[derive(Clone)]
 pub(super) enum Readiness {
@@ -1031,24 +1050,13 @@ impl SentinelDeployment {
 }
 
 fn data_node_args(port: u16, replica_of: Option<u16>) -> Vec<String> {
-    let mut args: Vec<String> = [
+    // A replica's first sync would wait 5 s for others.
+    let mut args = server_args(&[
         "--port",
         &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        // A replica's first sync would wait 5 s for others.
         "--repl-diskless-sync-delay",
         "0",
-        "--daemonize",
-        "no",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    ]);
     if let Some(primary) = replica_of {
         args.extend([
             "--replicaof".into(),
@@ -1335,25 +1343,14 @@ impl TlsRedis {
             ]);
         }
         let proc = Proc::start("tls", 1, Readiness::Cli(cli_tls.clone()), |p, _| {
-            let mut args: Vec<String> = [
+            let mut args = server_args(&[
                 "--port",
                 "0",
                 "--tls-port",
                 &p[0].to_string(),
-                "--bind",
-                "127.0.0.1",
                 "--tls-auth-clients",
                 if require_client_cert { "yes" } else { "no" },
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+            ]);
             for (flag, path) in [
                 ("--tls-cert-file", &material.server_cert),
                 ("--tls-key-file", &material.server_key),

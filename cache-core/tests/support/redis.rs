@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use super::deploy::{Proc, Readiness};
+use super::deploy::{server_args, Proc, Readiness};
 
 pub struct RedisServer {
     pub port: u16,
@@ -18,21 +18,7 @@ impl RedisServer {
     /// included) and waits until it answers.
     pub fn start() -> Self {
         let proc = Proc::start("redis", 1, Readiness::Ping, |ports, _| {
-            [
-                "--port",
-                &ports[0].to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect()
+            server_args(&["--port", &ports[0].to_string()])
         });
         Self {
             port: proc.port,
