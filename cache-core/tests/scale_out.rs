@@ -122,6 +122,17 @@ async fn cluster_two_instances_through_different_seeds() {
     assert_eq!(fleet.counting.lookups(), lookups, "B answered from Redis");
     assert!(b.stats().l2_hits >= 1);
 
+    // An owner's key list: A fills it in Redis, B reads it there and reads
+    // its keys' entries back (one MGET over several slots) without error.
+    let (_, _) = fleet.key(NewKey::new("acme", ["b"])).await;
+    a.invalidate_owner_list("acme").await.unwrap();
+    let listed = a.list_owner_keys("acme").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let errors = b.stats().l2_errors;
+    let from_b = b.list_owner_keys("acme").await.unwrap();
+    assert_eq!(from_b.len(), 2);
+    assert_eq!(b.stats().l2_errors, errors, "{:?}", b.health().await.l2);
+
     // Revocation: A at once, B when the event arrives, whichever node each
     // subscribed to.
     fleet.store.revoke_key(&record.id).await.unwrap();
