@@ -218,8 +218,8 @@ pub use extract::{
 };
 pub use hash::{generate_api_key, KeyGenError, KeyHash, KeyHasher, KEY_PREFIX};
 pub use health::{
-    HealthReport, HealthStatus, InvalidationHealth, L1Health, L2Health, OwnerListsHealth,
-    StoreHealth, UsageHealth,
+    HealthReport, HealthStatus, InvalidationHealth, L1Health, L2Health, LimitsHealth,
+    OwnerListsHealth, StoreHealth, UsageHealth,
 };
 pub use invalidation::InvalidateError;
 pub use limits::RateLimitInfo;
