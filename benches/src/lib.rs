@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use apikey_cache::{
-    ApiKeyCache, CacheConfig, KeyId, KeyRecord, MemoryStore, RequiredScopes, Scopes,
+    ApiKeyCache, CacheConfig, KeyId, KeyRecord, MemoryStore, RateLimit, RequiredScopes, Scopes,
 };
 use apikey_cache_tower::{ApiKeyLayer, Authenticated};
 use axum::body::Body;
@@ -25,7 +25,14 @@ use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
 pub const KEYS: usize = 10_000;
 
 /// The ways `GET /v1/whoami` can be guarded, as [`app`] builds them.
-pub const MODES: &[&str] = &["noauth", "bearer", "apikey", "moka", "quick"];
+pub const MODES: &[&str] = &[
+    "noauth",
+    "bearer",
+    "apikey",
+    "apikey-limited",
+    "moka",
+    "quick",
+];
 
 /// The bench key number `i`: `ak_bench_` plus six digits, padded with `x`
 /// to 43 characters, the length of a generated key
@@ -97,16 +104,25 @@ impl<B: Send + 'static> AsyncAuthorizeRequest<B> for StaticBearer {
 ///
 /// Must run inside a Tokio runtime (the cache spawns its background tasks).
 pub async fn warm_cache() -> Result<ApiKeyCache, Box<dyn std::error::Error>> {
+    warm_cache_with(None).await
+}
+
+/// [`warm_cache`], every key with the rate limit `limit` if given.
+pub async fn warm_cache_with(
+    limit: Option<RateLimit>,
+) -> Result<ApiKeyCache, Box<dyn std::error::Error>> {
     let store = Arc::new(MemoryStore::new());
     let cache = ApiKeyCache::new(CacheConfig::from_env()?, store.clone())?;
     for i in 0..KEYS {
         let k = key(i);
-        store.insert(KeyRecord::new(
+        let mut record = KeyRecord::new(
             KeyId::new(format!("key_{i}")),
             cache.hash_key(&k),
             format!("owner_{}", i % 100),
             Scopes::new(["orders:*", "whoami"]),
-        ));
+        );
+        record.rate_limit = limit;
+        store.insert(record);
         cache.verify_key(&k, &RequiredScopes::none()).await;
     }
     Ok(cache)
@@ -117,6 +133,10 @@ pub async fn warm_cache() -> Result<ApiKeyCache, Box<dyn std::error::Error>> {
 /// * `noauth`: no authentication at all;
 /// * `bearer`: tower-http's `AsyncRequireAuthorizationLayer`, a static check;
 /// * `apikey`: `ApiKeyLayer` requiring scope `whoami`, [`KEYS`] keys in L1;
+/// * `apikey-limited`: the same, every key rate-limited far above the load
+///   (a million per minute; needs `APIKEY_CACHE_REDIS_URL`: with token
+///   leases, the default, answered from L1; with `APIKEY_CACHE_LEASES=off`,
+///   one Redis round trip per request);
 /// * `moka`, `quick`: the design's prototype, `from_fn` with SHA-256 and a
 ///   bare moka or quick_cache lookup.
 ///
@@ -129,6 +149,16 @@ pub async fn app(mode: &str) -> Result<Router, Box<dyn std::error::Error>> {
             .route_layer(AsyncRequireAuthorizationLayer::new(StaticBearer)),
         "apikey" => {
             let cache = warm_cache().await?;
+            Router::new()
+                .route("/v1/whoami", get(whoami_keyed))
+                .route_layer(ApiKeyLayer::new(cache).require(["whoami"]))
+        }
+        "apikey-limited" => {
+            if std::env::var_os("APIKEY_CACHE_REDIS_URL").is_none() {
+                return Err("apikey-limited needs APIKEY_CACHE_REDIS_URL".into());
+            }
+            let limit = RateLimit::new(1_000_000, std::time::Duration::from_secs(60));
+            let cache = warm_cache_with(Some(limit)).await?;
             Router::new()
                 .route("/v1/whoami", get(whoami_keyed))
                 .route_layer(ApiKeyLayer::new(cache).require(["whoami"]))

@@ -70,9 +70,11 @@
 //! sooner than its key's next slot here.
 
 mod lease;
+mod leases;
 mod script;
 
-pub(crate) use lease::{sweeper, Answer, Lease, LeaseSettings, Leases};
+pub(crate) use lease::{Answer, Lease};
+pub(crate) use leases::{sweeper, LeaseSettings, Leases};
 pub(crate) use script::LimitScript;
 
 use std::collections::HashMap;
@@ -494,6 +496,22 @@ mod tests {
             l.check(&r, None, jan, None, "p:").await,
             Decision::QuotaExceeded { quota: 0, .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn zero_limits_are_answered_without_the_limiter() {
+        // Not a fallback decision either: no state could change them.
+        let l = limiter();
+        let jan = datetime!(2030-01-31 23:00 UTC);
+        for r in [record(None, Some(0)), limited(0, Duration::from_secs(60))] {
+            assert_ne!(l.check(&r, None, jan, None, "p:").await, Decision::Allow);
+        }
+        assert_eq!(l.local_decisions.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            l.check(&record(None, Some(1)), None, jan, None, "p:").await,
+            Decision::Allow
+        );
+        assert_eq!(l.local_decisions.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
