@@ -74,6 +74,7 @@ const FIRST_WANT: u64 = 4;
 /// An ask of at most this fraction of what the fleet has left is made at
 /// once; a larger one grows gently (see `Slow::want`).
 const FAR: u64 = 64;
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -100,8 +101,9 @@ pub(crate) struct Lease {
     pub(super) low: AtomicU64,
     /// A refill is under way.
     pub(super) refilling: AtomicBool,
-    /// The last refill got less than it asked for (the key is near its
-    /// limit, or shared): idle tokens are given back sooner.
+    /// The key is near its limit, as of the last refill (it got less than
+    /// it asked for, or left the fleet less than four times what this lease
+    /// holds): idle tokens are given back sooner.
     pub(super) contended: AtomicBool,
     /// `tokens` at the last sweep, and how many sweeps in a row found it
     /// unchanged (only the sweeper reads and writes them).
