@@ -17,7 +17,9 @@
 //! rounded down), so after a burst the `k`-th further request is admitted at
 //! the first whole millisecond at or after `k × P / N`: exactly `N` per
 //! period, with no drift. Retry and reset times are rounded up to the
-//! millisecond, so a client that waits them out is never refused early.
+//! millisecond, so a client that waits them out is never refused early
+//! (unless other instances' leases hold tokens they spend later: see
+//! `limits/lease.rs`).
 //!
 //! **Bounds.** Redis's Lua numbers are doubles, exact for integers up to
 //! 2^53, so the limiter needs `P × N ≤ 2^53` (e.g. 100 million per day);
@@ -25,7 +27,8 @@
 //! more, and a limit that reaches the limiter anyway is clamped towards
 //! stricter, as [`RateLimitError`](crate::RateLimitError) says. The drained
 //! amount `elapsed × N` may exceed 2^53, but is only compared with a debt
-//! that cannot, so its rounding is harmless.
+//! that cannot, so its rounding is harmless. Leased tokens count as `P`
+//! each on top of the debt, and the script never lets the sum pass `P × N`.
 //!
 //! The state lives in Redis under `{prefix}rl:{<id>}:<N>:<P>` (the debt
 //! and the time it was measured at, plus the token leases below): the limit
@@ -66,8 +69,7 @@
 //! refusing every limited request while Redis is away, would turn a cache
 //! outage into an API outage. A failed call also retires every lease of the
 //! instance (Redis may come back without them), so the fallback decides
-//! until Redis answers again. A refused fallback request is retried no
-//! sooner than its key's next slot here.
+//! until Redis answers again.
 
 mod lease;
 mod leases;

@@ -492,3 +492,144 @@ async fn redis_killed_mid_window_falls_back_then_is_exact_again() {
         .collect();
     assert_eq!(local, after, "Redis decided every request");
 }
+
+/// A lease's tokens may be spent until 30 s after its last grant (by the
+/// cache's clock; a quota's never into the next month): a lapsed one is
+/// not, and the next request asks Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_is_not_spent() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(1, || config(&redis)).await;
+    let none = RequiredScopes::none();
+    let a = &fleet.caches[0];
+    let (limited, _) = fleet.key(1_000, Duration::from_secs(3600), |_| {});
+    let (quota, _) = fleet.key(1_000, Duration::from_secs(3600), |r| {
+        r.rate_limit = None;
+        r.monthly_quota = Some(1_000);
+    });
+    for (key, lapse) in [
+        (&limited, Duration::from_secs(30)),
+        // 12:00 on the 10th: the month ends before 30 s do.
+        (&quota, Duration::from_secs(30)),
+    ] {
+        assert!(a.verify_key(key, &none).await.is_valid());
+        assert!(a.leased_tokens() > 1);
+        assert!(a.verify_key(key, &none).await.is_valid());
+        let waits = a.stats().limit_waits;
+        fleet.clock.advance(lapse - Duration::from_millis(1));
+        assert!(a.verify_key(key, &none).await.is_valid());
+        assert_eq!(a.stats().limit_waits, waits, "still within the lease");
+        fleet.clock.advance(Duration::from_millis(1));
+        assert!(a.verify_key(key, &none).await.is_valid());
+        assert_eq!(a.stats().limit_waits, waits + 1, "lapsed: Redis was asked");
+    }
+    // A quota's lease ends with the month.
+    fleet
+        .clock
+        .set(time::macros::datetime!(2030-05-31 23:59:50 UTC));
+    let waits = a.stats().limit_waits;
+    assert!(a.verify_key(&quota, &none).await.is_valid());
+    assert!(a.verify_key(&quota, &none).await.is_valid());
+    assert_eq!(
+        a.stats().limit_waits,
+        waits + 1,
+        "a new lease, until midnight"
+    );
+    fleet
+        .clock
+        .set(time::macros::datetime!(2030-06-01 0:00 UTC));
+    assert!(a.verify_key(&quota, &none).await.is_valid());
+    assert_eq!(
+        a.stats().limit_waits,
+        waits + 2,
+        "June: May's tokens lapsed"
+    );
+}
+
+/// A request waiting on a refill when its key's lease is dropped (here:
+/// invalidated on its own instance while the refill is held up on the way
+/// to Redis) gets the token that refill took for it: nothing is wasted,
+/// and the fleet still admits exactly the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_when_its_lease_is_dropped_gets_its_token() {
+    let redis = RedisServer::start();
+    let proxy =
+        support::hold_proxy::HoldProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap())
+            .await;
+    let fleet = Fleet::start(1, || config(&redis)).await;
+    let b = ApiKeyCache::builder(fleet.store.clone())
+        .config(config(&redis).redis_url(proxy.url()).build().unwrap())
+        .clock(fleet.clock.clone())
+        .build()
+        .unwrap();
+    wait_until("b subscribed", || b.stats().subscribed).await;
+    let none = RequiredScopes::none();
+    let (key, record) = fleet.key(10, Duration::from_secs(3600), |_| {});
+    // B holds a lease, then gives it back (about to lapse): empty, with no
+    // refill under way.
+    assert!(b.verify_key(&key, &none).await.is_valid());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fleet.clock.advance(Duration::from_secs(26));
+    wait_until("b gave its lease back", || {
+        b.stats().lease_tokens_returned > 0
+    })
+    .await;
+    // Its next request waits for a refill that asks for its token; the
+    // refill is held up, and the lease dropped meanwhile.
+    proxy.hold();
+    let waiting = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move { b.verify_key(&key, &RequiredScopes::none()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished());
+    let _ = b.invalidate_key_id(&record.id);
+    proxy.release();
+    let outcome = waiting.await.unwrap();
+    assert!(outcome.is_valid(), "{outcome:?}");
+    let mut admitted = 2;
+    for _ in 0..3 {
+        admitted += fleet.drain(0, &key).await;
+        let mut more = 0;
+        loop {
+            match b.verify_key(&key, &none).await {
+                Outcome::Valid(_) => more += 1,
+                Outcome::RateLimited(_) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        admitted += more;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(admitted, 10, "exactly the limit, no token wasted");
+}
+
+/// What an instance tells Redis it holds is what it holds: after a refill,
+/// Redis's count of the lease's tokens is the instance's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_knows_what_a_lease_holds() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(1, || config(&redis)).await;
+    let none = RequiredScopes::none();
+    let (key, record) = fleet.key(1_000, Duration::from_secs(3600), |_| {});
+    let a = &fleet.caches[0];
+    let name = format!("apikey-cache:rl:{{{}}}:1000:3600000", record.id);
+    let held_in_redis = || -> u64 {
+        let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&name)
+            .query(&mut redis.conn())
+            .unwrap();
+        let holders: Vec<_> = fields.iter().filter(|(k, _)| k.starts_with("h:")).collect();
+        assert_eq!(holders.len(), 1, "{fields:?}");
+        holders[0].1.split(' ').next().unwrap().parse().unwrap()
+    };
+    // The first request waits for a lease; spending half of it refills it.
+    for _ in 0..3 {
+        assert!(a.verify_key(&key, &none).await.is_valid());
+    }
+    wait_until("a refill reported what is held", || {
+        a.stats().lease_calls >= 2 && held_in_redis() == a.leased_tokens()
+    })
+    .await;
+    assert!(a.leased_tokens() > 2);
+}

@@ -180,9 +180,7 @@ impl Lease {
     /// when taken, `low` when what is left calls for a refill.
     #[inline]
     pub(super) fn take(&self, now_ms: i64, epoch: u64) -> Option<bool> {
-        if now_ms >= self.until_ms.load(Ordering::Acquire)
-            || self.epoch.load(Ordering::Acquire) != epoch
-        {
+        if !self.live(now_ms, epoch) {
             return None;
         }
         let mut t = self.tokens.load(Ordering::Acquire);
@@ -207,19 +205,34 @@ impl Lease {
     /// The tokens still spendable, for a report to Redis; a lease that has
     /// lapsed or belongs to an old epoch is emptied (nothing may spend it).
     fn held_now(&self, now_ms: i64, epoch: u64) -> u64 {
-        if now_ms >= self.until_ms.load(Ordering::Acquire)
-            || self.epoch.load(Ordering::Acquire) != epoch
-        {
+        if self.live(now_ms, epoch) {
+            self.tokens.load(Ordering::Acquire)
+        } else {
             self.tokens.swap(0, Ordering::AcqRel);
             0
-        } else {
-            self.tokens.load(Ordering::Acquire)
         }
     }
 
-    /// Tokens this instance may spend now (for tests and health).
+    /// Whether its tokens may be spent at `now_ms` in `epoch`: not lapsed
+    /// (nor dropped), and granted since the last failure.
+    #[inline]
+    fn live(&self, now_ms: i64, epoch: u64) -> bool {
+        now_ms < self.until_ms.load(Ordering::Acquire)
+            && self.epoch.load(Ordering::Acquire) == epoch
+    }
+
+    /// Tokens it holds, spendable or not.
     pub(crate) fn tokens(&self) -> u64 {
         self.tokens.load(Ordering::Relaxed)
+    }
+
+    /// Tokens that may be spent at `now_ms` in `epoch` (for health).
+    pub(super) fn spendable(&self, now_ms: i64, epoch: u64) -> u64 {
+        if self.live(now_ms, epoch) {
+            self.tokens()
+        } else {
+            0
+        }
     }
 }
 
@@ -463,18 +476,16 @@ impl Leases {
             }
         }
         let after = lease.tokens.load(Ordering::Acquire);
-        let threshold = u64::from(self.settings.refill_threshold);
-        lease
-            .low
-            .store(after.saturating_mul(threshold) / 100, Ordering::Relaxed);
+        lease.low.store(
+            low_water(after, self.settings.refill_threshold),
+            Ordering::Relaxed,
+        );
         slow.base = after;
         slow.since = Some(Instant::now());
         slow.left = left;
-        // Contended: the fleet is short of tokens, and what this instance
-        // holds is a fair part of what is left.
-        let contended =
-            held < grant.want || left.is_some_and(|left| left < after.saturating_mul(4));
-        lease.contended.store(contended, Ordering::Relaxed);
+        lease
+            .contended
+            .store(contended(held, grant.want, left, after), Ordering::Relaxed);
         match refusal {
             Some(decision) => {
                 slow.answer_all(|| Answer::Refused(decision.clone()));
@@ -540,6 +551,20 @@ impl Leases {
     }
 }
 
+/// The tokens left at which a lease of `after` tokens asks for a refill:
+/// `threshold` percent of it.
+fn low_water(after: u64, threshold: u8) -> u64 {
+    after.saturating_mul(u64::from(threshold)) / 100
+}
+
+/// Whether a refill that brought `held` of the `want` it asked for, left
+/// the fleet `left` (`None`: unlimited) and this lease `after`, says the key
+/// is near its limit: the ask was cut, or this lease holds more than a
+/// quarter of what the fleet has left.
+fn contended(held: u64, want: u64, left: Option<u64>, after: u64) -> bool {
+    held < want || left.is_some_and(|left| left < after.saturating_mul(4))
+}
+
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
@@ -558,4 +583,107 @@ struct Grant {
     until_ms: i64,
     month_end: OffsetDateTime,
     now: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn lease(tokens: u64, until_ms: i64, epoch: u64, low: u64) -> Lease {
+        let key = LeaseKey {
+            id: KeyId::from("k"),
+            owner: "o".into(),
+            gcra: Some(Gcra { n: 10, p: 1000 }),
+            quota: None,
+        };
+        let lease = Lease::new(key, "h".into());
+        lease.tokens.store(tokens, Ordering::Relaxed);
+        lease.until_ms.store(until_ms, Ordering::Relaxed);
+        lease.epoch.store(epoch, Ordering::Relaxed);
+        lease.low.store(low, Ordering::Relaxed);
+        lease
+    }
+
+    #[test]
+    fn a_take_spends_one_token_while_the_lease_lasts() {
+        let l = lease(4, 1000, 7, 2);
+        assert_eq!(l.take(999, 7), Some(false), "3 left, above the threshold");
+        assert_eq!(l.take(999, 7), Some(true), "2 left: time to refill");
+        l.refilling.store(true, Ordering::Relaxed);
+        assert_eq!(l.take(999, 7), Some(false), "a refill is under way");
+        assert_eq!(l.tokens(), 1);
+        assert_eq!(l.take(1000, 7), None, "lapsed");
+        assert_eq!(l.take(999, 8), None, "granted before a failure");
+        assert_eq!(l.take(999, 6), None);
+        assert_eq!(l.tokens(), 1, "a refused take spends nothing");
+        l.refilling.store(false, Ordering::Relaxed);
+        assert_eq!(l.take(999, 7), Some(true));
+        assert_eq!(l.take(999, 7), None, "empty");
+        assert_eq!(l.tokens(), 0);
+        let never = Lease::new(l.key.clone(), "h".into());
+        assert_eq!(never.take(0, 0), None, "never granted");
+    }
+
+    #[test]
+    fn what_a_lease_reports_it_holds() {
+        let l = lease(3, 1000, 7, 0);
+        assert_eq!(l.held_now(999, 7), 3);
+        assert_eq!(l.tokens(), 3, "a report spends nothing");
+        assert_eq!(l.spendable(999, 7), 3);
+        assert_eq!(l.spendable(1000, 7), 0, "lapsed");
+        assert_eq!(l.spendable(999, 8), 0, "before a failure");
+        assert_eq!(l.tokens(), 3, "health looks, nothing more");
+        // Lapsed, or from before a failure: nothing may spend it any more.
+        assert_eq!(l.held_now(1000, 7), 0);
+        assert_eq!(l.tokens(), 0);
+        let l = lease(3, 1000, 7, 0);
+        assert_eq!(l.held_now(999, 8), 0);
+        assert_eq!(l.tokens(), 0);
+    }
+
+    #[test]
+    fn refill_threshold_and_contention() {
+        assert_eq!(low_water(10, 50), 5);
+        assert_eq!(low_water(9, 50), 4);
+        assert_eq!(low_water(1000, 0), 0);
+        assert_eq!(low_water(1000, 100), 1000);
+        assert_eq!(low_water(3, 99), 2);
+        assert_eq!(low_water(u64::MAX, 100), u64::MAX / 100, "saturates");
+        // Cut short, or holding more than a quarter of what is left.
+        assert!(contended(3, 4, None, 3));
+        assert!(!contended(4, 4, None, 100));
+        assert!(!contended(4, 4, Some(400), 100));
+        assert!(contended(4, 4, Some(399), 100));
+        assert!(contended(0, 4, Some(0), 0));
+        assert!(!contended(0, 0, Some(0), 0), "holds nothing, asked nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ask_follows_the_rate_and_grows_gently_near_the_limit() {
+        let mut slow = Slow::default();
+        assert_eq!(slow.want(0, 0, 1000), FIRST_WANT, "rate unknown");
+        // 40 spent in one second: 400 to last ten seconds.
+        slow.since = Some(Instant::now());
+        slow.base = 50;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        slow.left = Some(400 * FAR);
+        assert_eq!(slow.want(10, 0, 1000), 400, "far from the limit: at once");
+        assert_eq!(
+            slow.want(10, 0, 300),
+            290,
+            "within the maximum, held included"
+        );
+        // Nearer: at most 1.5 times the last ask.
+        slow.last_want = 20;
+        slow.left = Some(400 * FAR - 1);
+        assert_eq!(slow.want(10, 0, 1000), 30);
+        slow.last_want = 1;
+        assert_eq!(slow.want(10, 0, 1000), FIRST_WANT, "never below the first");
+        // Waiters count as spent; nothing spent still asks for one.
+        slow.left = None;
+        assert_eq!(slow.want(50, 3, 1000), 30);
+        assert_eq!(slow.want(50, 0, 1000), 1);
+    }
 }

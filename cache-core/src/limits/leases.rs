@@ -305,12 +305,14 @@ impl Leases {
         }
     }
 
-    /// Leases held, and their tokens (a scan: for health and tests).
+    /// Keys with tokens that may be spent now, and how many (a scan: for
+    /// health and tests).
     pub(crate) fn held(&self) -> (u64, u64) {
+        let (now_ms, epoch) = (self.now_ms(), self.epoch());
         let (mut keys, mut tokens) = (0u64, 0u64);
         for shard in &self.shards {
             for lease in lock(shard).values() {
-                let t = lease.tokens();
+                let t = lease.spendable(now_ms, epoch);
                 keys += u64::from(t > 0);
                 tokens += t;
             }
