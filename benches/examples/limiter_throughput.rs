@@ -1,9 +1,7 @@
 //! Throughput of the rate-limit script against Redis: `concurrency` tasks
 //! verify rate-limited keys (limits high enough never to refuse) for a few
 //! seconds; prints verifies per second. Each verify is an L1 hit plus one
-//! script round trip: token leases are off here (with them, the default, a
-//! verify is an L1 hit and a refill now and then; `cargo bench`'s `limits`
-//! group compares the two).
+//! script round trip.
 //!
 //! ```text
 //! cargo run --release -p apikey-cache-benches --example limiter_throughput -- [concurrency] [seconds] [redis-url]
@@ -31,7 +29,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         CacheConfig::builder()
             .redis_url(url)
             .key_prefix(format!("apikey-cache-limiter-{}:", std::process::id()))
-            .leases(false)
             .build()?,
         store.clone(),
     )?;
