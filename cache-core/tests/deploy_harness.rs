@@ -82,13 +82,19 @@ fn cluster_routes_publishes_across_nodes_and_fails_over() {
     let victim = cluster.primary_for_key(key);
     let replicas = cluster.replicas_of(victim);
     assert_eq!(replicas.len(), 1);
-    // The replica has the write before the kill.
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2000)
-        .query(&mut cluster.conn(victim))
-        .unwrap();
-    assert_eq!(acked, 1);
+    // The replica has the write before the kill (`WAIT` on a new
+    // connection waits for nothing: it has written nothing).
+    let mut on_replica = cluster.conn(replicas[0]);
+    redis::cmd("READONLY").query::<()>(&mut on_replica).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Option<String> = redis::cmd("GET").arg(key).query(&mut on_replica).unwrap();
+        if v.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never got {key}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let t = Instant::now();
     cluster.kill9(victim);
     let successor = cluster.wait_for_failover(victim);
