@@ -36,6 +36,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionAddr, ConnectionInfo, TlsCertificates};
 
 use super::link::client;
+use super::lock;
 use crate::CacheConfig;
 
 /// The shortest gap between two rebuilds.
@@ -86,6 +87,14 @@ impl ClusterLink {
             .clone()
     }
 
+    /// The nodes to ask about the cluster: the seeds, then the live nodes
+    /// it listed last time.
+    fn candidates(&self) -> Vec<ConnectionInfo> {
+        let mut nodes = self.seeds.clone();
+        nodes.extend(lock(&self.known).iter().cloned());
+        nodes
+    }
+
     /// Rebuilds the connection in the background (see the module docs),
     /// unless a rebuild runs or ran less than [`MIN_REBUILD_GAP`] ago.
     /// Returns whether a rebuild started.
@@ -129,8 +138,7 @@ impl ClusterLink {
     /// known from last time); remembered for next time. Empty if none
     /// answers.
     async fn discover(&self) -> Vec<ConnectionInfo> {
-        let mut candidates = self.seeds.clone();
-        candidates.extend(lock(&self.known).iter().cloned());
+        let candidates = self.candidates();
         let budget = self.connect_timeout + self.timeout;
         for candidate in candidates {
             let asked = tokio::time::timeout(budget, async {
@@ -268,8 +276,7 @@ async fn watch_topology(link: std::sync::Weak<ClusterLink>) {
         let Some(this) = link.upgrade() else { return };
         let budget = this.connect_timeout + this.timeout;
         if conn.is_none() {
-            let mut candidates = this.seeds.clone();
-            candidates.extend(lock(&this.known).iter().cloned());
+            let candidates = this.candidates();
             for _ in 0..candidates.len() {
                 let candidate = candidates[next % candidates.len()].clone();
                 next = next.wrapping_add(1);
@@ -327,10 +334,6 @@ fn primaries(listed: &str) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

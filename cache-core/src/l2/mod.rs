@@ -574,3 +574,9 @@ async fn probe_loop(l2: Weak<L2>) {
 pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// A mutex's guard, poisoned or not: the links' state stays valid after a
+/// panic elsewhere (each write replaces a whole value).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -24,6 +24,7 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::ConnectionInfo;
 
 use super::link::AnyConn;
+use super::lock;
 
 /// The shortest gap between two resolutions.
 const MIN_RESOLVE_GAP: Duration = Duration::from_millis(100);
@@ -225,8 +226,4 @@ async fn watch_switches(link: Weak<SentinelLink>) {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
