@@ -5,9 +5,15 @@
 //!   with quick_cache.
 //! * `l1_hit`: `ApiKeyCache::verify_key` answered by L1.
 //! * `l2_hit`: L1 disabled (TTL 0), answered by Redis on loopback.
-//! * `l1_hit_rate_limited`: an L1 hit on a key with a rate limit: one
-//!   limiter script round trip to Redis.
 //! * `store_sqlite` / `store_postgres`: `database_only` mode, every call a query.
+//!
+//! Group `limits`, one key each, L1 hits through the same async harness:
+//!
+//! * `unlimited`: a key without a rate limit (the baseline);
+//! * `leased`: a rate-limited key with token leases (the default): an
+//!   atomic decrement on the key's lease, refills in the background;
+//! * `per_request`: the same key with leases off: one limiter script round
+//!   trip to Redis per request.
 //!
 //! Redis: `BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`). PostgreSQL:
 //! `BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`); a
@@ -181,39 +187,6 @@ fn bench(c: &mut Criterion) {
         }
         cache
     });
-    // A rate-limited key: L1 hit plus one limiter script round trip.
-    let limited_cache = rt.block_on(async {
-        let config = CacheConfig::builder()
-            .redis_url(redis_url.clone())
-            .key_prefix(format!(
-                "apikey-cache-bench-rl-{}:",
-                uuid::Uuid::new_v4().simple()
-            ))
-            .build()
-            .expect("config");
-        let cache = ApiKeyCache::new(config, mem.clone()).expect("cache");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cache
-    });
-    let limited_key = generate_api_key().expect("rng");
-    let mut record = KeyRecord::new(
-        KeyId::new("rate_limited"),
-        limited_cache.hash_key(&limited_key),
-        "bench",
-        Scopes::new(["orders:*"]),
-    );
-    // High enough never to refuse: this measures the round trip.
-    record.rate_limit = Some(RateLimit::new(u32::MAX, Duration::from_secs(1)));
-    mem.insert(record);
-    if limited_cache.stats().l2_errors == 0 {
-        group.bench_function("l1_hit_rate_limited", |b| {
-            b.to_async(&rt).iter(|| {
-                let (cache, key) = (&limited_cache, &limited_key);
-                async { black_box(cache.verify_key(key, &required).await) }
-            })
-        });
-    }
-
     if l2_cache.stats().l2_errors == 0 {
         let before = l2_cache.stats().store_queries;
         let mut i = 0usize;
@@ -292,6 +265,8 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
+    limits(c, &rt, &mem, &redis_url, &required);
+
     if let Some((admin, store, cache)) = pg {
         rt.block_on(async move {
             drop(cache);
@@ -304,6 +279,81 @@ fn bench(c: &mut Criterion) {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", sqlite_path.display()));
     }
+}
+
+/// L1 hits on an unlimited key, a rate-limited key with token leases, and
+/// the same key with leases off (a Redis round trip each).
+fn limits(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    mem: &Arc<MemoryStore>,
+    redis_url: &str,
+    required: &RequiredScopes,
+) {
+    let cache = |leases: bool| {
+        rt.block_on(async {
+            let config = CacheConfig::builder()
+                .redis_url(redis_url)
+                .key_prefix(format!(
+                    "apikey-cache-bench-rl-{}:",
+                    uuid::Uuid::new_v4().simple()
+                ))
+                .leases(leases)
+                // A lease lasts ~250 us at this rate: ask for enough that a
+                // refill (a loopback round trip) lands before it runs out.
+                .lease_max_tokens(100_000)
+                .build()
+                .expect("config");
+            let cache = ApiKeyCache::new(config, mem.clone()).expect("cache");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cache
+        })
+    };
+    let (leased, per_request) = (cache(true), cache(false));
+    let key = |id: &str, limited: bool| {
+        let key = generate_api_key().expect("rng");
+        let mut record = KeyRecord::new(
+            KeyId::new(id),
+            leased.hash_key(&key),
+            "bench",
+            Scopes::new(["orders:*"]),
+        );
+        // High enough never to refuse: this measures the limiter's cost.
+        if limited {
+            record.rate_limit = Some(RateLimit::new(u32::MAX, Duration::from_secs(1)));
+        }
+        mem.insert(record);
+        key
+    };
+    let (unlimited_key, limited_key) = (key("unlimited", false), key("rate_limited", true));
+    if leased.stats().l2_errors + per_request.stats().l2_errors > 0 {
+        eprintln!("skipping limits: redis at {redis_url} is not reachable");
+        return;
+    }
+    let mut group = c.benchmark_group("limits");
+    for (name, cache, key) in [
+        ("unlimited", &leased, &unlimited_key),
+        ("leased", &leased, &limited_key),
+        ("per_request", &per_request, &limited_key),
+    ] {
+        rt.block_on(async {
+            assert!(cache.verify_key(key, required).await.is_valid());
+        });
+        let waits = cache.stats().limit_waits;
+        group.bench_function(name, |b| {
+            b.to_async(rt)
+                .iter(|| async { black_box(cache.verify_key(key, required).await) })
+        });
+        if name == "leased" {
+            let s = cache.stats();
+            eprintln!(
+                "leased: {} requests waited for Redis, {} lease calls",
+                s.limit_waits - waits,
+                s.lease_calls
+            );
+        }
+    }
+    group.finish();
 }
 
 criterion_group! {

@@ -1,7 +1,9 @@
 //! Throughput of the rate-limit script against Redis: `concurrency` tasks
 //! verify rate-limited keys (limits high enough never to refuse) for a few
 //! seconds; prints verifies per second. Each verify is an L1 hit plus one
-//! script round trip.
+//! script round trip: token leases are off here (with them, the default, a
+//! verify is an L1 hit and a refill now and then; `cargo bench`'s `limits`
+//! group compares the two).
 //!
 //! ```text
 //! cargo run --release -p apikey-cache-benches --example limiter_throughput -- [concurrency] [seconds] [redis-url]
@@ -29,6 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         CacheConfig::builder()
             .redis_url(url)
             .key_prefix(format!("apikey-cache-limiter-{}:", std::process::id()))
+            .leases(false)
             .build()?,
         store.clone(),
     )?;

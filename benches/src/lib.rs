@@ -30,7 +30,14 @@ use tower_http::auth::{AsyncAuthorizeRequest, AsyncRequireAuthorizationLayer};
 pub const KEYS: usize = 10_000;
 
 /// The ways `GET /v1/whoami` can be guarded, as [`app`] builds them.
-pub const MODES: &[&str] = &["noauth", "bearer", "apikey", "moka", "quick"];
+pub const MODES: &[&str] = &[
+    "noauth",
+    "bearer",
+    "apikey",
+    "apikey-limited",
+    "moka",
+    "quick",
+];
 
 /// The bench key number `i`: `ak_bench_` plus six digits, padded with `x`
 /// to 43 characters, the length of a generated key
@@ -142,9 +149,16 @@ fn rate_limit_from_env() -> Result<Option<RateLimit>, Box<dyn std::error::Error>
 ///
 /// Must run inside a Tokio runtime (the cache spawns its background tasks).
 pub async fn warm_cache() -> Result<ApiKeyCache, Box<dyn std::error::Error>> {
+    warm_cache_with(rate_limit_from_env()?).await
+}
+
+/// [`warm_cache`], every key with the rate limit `limit` if given (instead
+/// of `BENCH_RATE_LIMIT`'s).
+pub async fn warm_cache_with(
+    limit: Option<RateLimit>,
+) -> Result<ApiKeyCache, Box<dyn std::error::Error>> {
     let config = CacheConfig::from_env()?;
     let with_redis = config.redis_url.is_some();
-    let limit = rate_limit_from_env()?;
     let store: Arc<dyn KeyStore> = match std::env::var("BENCH_STORE_URL") {
         Ok(url) => Arc::new(PostgresStore::connect(&url).await?),
         Err(_) => {
@@ -221,6 +235,10 @@ pub fn workers_from_env() -> Result<usize, Box<dyn std::error::Error>> {
 /// * `noauth`: no authentication at all;
 /// * `bearer`: tower-http's `AsyncRequireAuthorizationLayer`, a static check;
 /// * `apikey`: `ApiKeyLayer` requiring scope `whoami`, [`KEYS`] keys in L1;
+/// * `apikey-limited`: the same, every key rate-limited far above the load
+///   (a million per minute; needs `APIKEY_CACHE_REDIS_URL`: with token
+///   leases, the default, answered from L1; with `APIKEY_CACHE_LEASES=off`,
+///   one Redis round trip per request);
 /// * `moka`, `quick`: the design's prototype, `from_fn` with SHA-256 and a
 ///   bare moka or quick_cache lookup.
 ///
@@ -233,6 +251,16 @@ pub async fn app(mode: &str) -> Result<Router, Box<dyn std::error::Error>> {
             .route_layer(AsyncRequireAuthorizationLayer::new(StaticBearer)),
         "apikey" => {
             let cache = warm_cache().await?;
+            Router::new()
+                .route("/v1/whoami", get(whoami_keyed))
+                .route_layer(ApiKeyLayer::new(cache).require(["whoami"]))
+        }
+        "apikey-limited" => {
+            if std::env::var_os("APIKEY_CACHE_REDIS_URL").is_none() {
+                return Err("apikey-limited needs APIKEY_CACHE_REDIS_URL".into());
+            }
+            let limit = RateLimit::new(1_000_000, std::time::Duration::from_secs(60));
+            let cache = warm_cache_with(Some(limit)).await?;
             Router::new()
                 .route("/v1/whoami", get(whoami_keyed))
                 .route_layer(ApiKeyLayer::new(cache).require(["whoami"]))

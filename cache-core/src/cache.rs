@@ -210,6 +210,21 @@ impl ApiKeyCacheBuilder {
         let hasher = KeyHasher::new(c.pepper.as_deref().map(str::as_bytes));
         let mode = mode_to_u8(c.mode);
         let owner_lists = crate::owner_list::OwnerLists::new(c.l1_ttl);
+        let instance_id = uuid::Uuid::new_v4().simple().to_string();
+        let limiter = Limiter::new(
+            crate::limits::LeaseSettings {
+                enabled: c.leases,
+                max_tokens: c.lease_max_tokens,
+                refill_threshold: c.lease_refill_threshold,
+                prefix: c.key_prefix.clone(),
+                instance_id: instance_id.clone(),
+                // A refill is one script call (two budgets on its first
+                // use); a waiter may need a second one.
+                patience: c.redis_timeout.saturating_mul(4) + WAIT_SLACK,
+            },
+            l2.clone(),
+            self.clock.clone(),
+        );
         let cache = ApiKeyCache {
             inner: Arc::new(Inner {
                 hasher,
@@ -225,13 +240,13 @@ impl ApiKeyCacheBuilder {
                 stats: Stats::default(),
                 store: self.store,
                 config: self.config,
-                instance_id: uuid::Uuid::new_v4().simple().to_string(),
+                instance_id,
                 events: EventStats::default(),
                 health_probe: tokio::sync::Mutex::new(None),
                 health_probes: AtomicU64::new(0),
                 warming: Default::default(),
                 usage: Usage::new(),
-                limiter: Limiter::new(),
+                limiter,
                 shutting_down: AtomicBool::new(false),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 invalidations: Default::default(),
@@ -254,6 +269,11 @@ impl ApiKeyCacheBuilder {
             tokio::spawn(crate::audit::ticker(Arc::downgrade(&cache.inner.audit)));
         }
         if cache.inner.l2.is_some() {
+            if cache.inner.limiter.leases.enabled() {
+                tokio::spawn(crate::limits::sweeper(Arc::downgrade(
+                    &cache.inner.limiter.leases,
+                )));
+            }
             tokio::spawn(crate::invalidation::retrier(Arc::downgrade(&cache.inner)));
             tokio::spawn(events::subscriber(Arc::downgrade(&cache.inner)));
         }
@@ -498,12 +518,14 @@ impl ApiKeyCache {
         drop_entries(&inner.l1)
     }
 
-    /// Wraps a loaded record with its key's usage counter (and a scope set
-    /// shared with the cached records that grant the same list).
+    /// Wraps a loaded record with its key's usage counter, for a limited
+    /// key its token lease, and a scope set shared with the cached records
+    /// that grant the same list.
     pub(crate) fn found(&self, mut record: KeyRecord) -> Arc<Found> {
         record.scopes = self.inner.scope_sets.share(record.scopes);
         let usage = self.inner.usage.cell(&record.id);
-        Arc::new(Found::new(record, usage))
+        let lease = self.inner.limiter.leases.lease_for(&record);
+        Arc::new(Found::with_lease(record, usage, lease))
     }
 
     pub(crate) async fn query_store(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ()> {
@@ -534,10 +556,19 @@ impl ApiKeyCache {
         }
     }
 
+    /// The rate-limit tokens this instance holds in leases (a scan of its
+    /// leases): what it could still admit without asking Redis, and at most
+    /// what the rest of the fleet cannot use meanwhile. For health and
+    /// tests.
+    pub fn leased_tokens(&self) -> u64 {
+        self.inner.limiter.leases.held().1
+    }
+
     /// Counters and tier state.
     pub fn stats(&self) -> CacheStats {
         let inner = &*self.inner;
         let pending = inner.usage.pending();
+        let leases = &inner.limiter.leases;
         let l2 = inner.l2.as_deref();
         let ms =
             |us: &AtomicU64| Duration::from_micros(us.load(Ordering::Relaxed)).as_secs_f64() * 1e3;
@@ -575,6 +606,10 @@ impl ApiKeyCache {
             usage_pending_increments: pending.increments,
             usage_flush_errors: inner.usage.flush_errors.load(Ordering::Relaxed),
             usage_flushed: inner.usage.flushed.load(Ordering::Relaxed),
+            limit_waits: leases.stats.waits.load(Ordering::Relaxed),
+            limit_local_decisions: inner.limiter.local_decisions.load(Ordering::Relaxed),
+            lease_calls: leases.stats.calls.load(Ordering::Relaxed),
+            lease_tokens_returned: leases.stats.returned.load(Ordering::Relaxed),
         }
     }
 }

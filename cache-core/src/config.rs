@@ -41,6 +41,18 @@
 //! | `WARM_DEADLINE` | `60s` | warming stops when this much time has passed since start |
 //! | `WARM_BATCH_SIZE` | `500` | keys per store query while warming (1 to 10000) |
 //! | `WARM_BATCH_PAUSE` | `20ms` | pause between two warming queries |
+//! | `LEASES` | `on` | rate-limited keys answered from L1 with token leases (`on` or `off`: a Redis round trip per request) |
+//! | `LEASE_MAX_TOKENS` | `1000` | the most tokens one lease holds (1 to 1000000) |
+//! | `LEASE_REFILL_THRESHOLD` | `50` | refill a lease in the background once this percentage of it is left (0 to 100; 0: only when empty) |
+//!
+//! **Token leases** (`limits/lease.rs`): an instance takes a batch of a
+//! rate-limited key's tokens (and of its monthly quota) from Redis in one
+//! script and spends them on the request path with an atomic decrement, so
+//! such a key is answered from L1 like any other. The lease grows with
+//! this instance's rate for the key, up to `LEASE_MAX_TOKENS`, and shrinks
+//! near the limit; the fleet never admits more than the limit. Lower
+//! `LEASE_MAX_TOKENS` to bound the tokens one instance can hold back from
+//! the others; `off` restores one Redis round trip per limited request.
 //!
 //! Durations are written `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
 
@@ -168,6 +180,14 @@ pub struct CacheConfig {
     pub warm_batch_pause: Duration,
     /// HMAC pepper for key hashes.
     pub pepper: Option<String>,
+    /// Token leases for rate-limited keys (see the module docs); `false`:
+    /// one Redis round trip per limited request.
+    pub leases: bool,
+    /// The most tokens one lease holds (1 to 1,000,000).
+    pub lease_max_tokens: u64,
+    /// A lease is refilled in the background once this percentage of it is
+    /// left (0 to 100; 0: only once it is empty).
+    pub lease_refill_threshold: u8,
 }
 
 impl Default for CacheConfig {
@@ -196,6 +216,9 @@ impl Default for CacheConfig {
             warm_batch_size: 500,
             warm_batch_pause: Duration::from_millis(20),
             pepper: None,
+            leases: true,
+            lease_max_tokens: 1000,
+            lease_refill_threshold: 50,
         }
     }
 }
@@ -226,6 +249,9 @@ impl fmt::Debug for CacheConfig {
             .field("warm_batch_size", &self.warm_batch_size)
             .field("warm_batch_pause", &self.warm_batch_pause)
             .field("pepper", &self.pepper.as_ref().map(|_| "<redacted>"))
+            .field("leases", &self.leases)
+            .field("lease_max_tokens", &self.lease_max_tokens)
+            .field("lease_refill_threshold", &self.lease_refill_threshold)
             .finish()
     }
 }
@@ -326,6 +352,11 @@ impl CacheConfig {
                     c.warm_batch_pause = parse_duration_var("WARM_BATCH_PAUSE", v)?
                 }
                 "PEPPER" => c.pepper = (!v.is_empty()).then(|| v.to_owned()),
+                "LEASES" => c.leases = parse_switch("LEASES", v)?,
+                "LEASE_MAX_TOKENS" => c.lease_max_tokens = parse_num("LEASE_MAX_TOKENS", v)?,
+                "LEASE_REFILL_THRESHOLD" => {
+                    c.lease_refill_threshold = parse_num("LEASE_REFILL_THRESHOLD", v)?
+                }
                 _ => {}
             }
         }
@@ -427,6 +458,20 @@ impl CacheConfig {
                 expected: "at least 1",
             });
         }
+        if !(1..=MAX_LEASE_TOKENS).contains(&self.lease_max_tokens) {
+            return Err(ConfigError::Invalid {
+                name: "LEASE_MAX_TOKENS",
+                value: self.lease_max_tokens.to_string(),
+                expected: "from 1 to 1000000",
+            });
+        }
+        if self.lease_refill_threshold > 100 {
+            return Err(ConfigError::Invalid {
+                name: "LEASE_REFILL_THRESHOLD",
+                value: self.lease_refill_threshold.to_string(),
+                expected: "a percentage, from 0 to 100",
+            });
+        }
         Ok(self)
     }
 }
@@ -486,6 +531,9 @@ fn path_var(v: &str) -> Option<PathBuf> {
 /// The largest warming batch: one query's worth of rows.
 const MAX_WARM_BATCH_SIZE: u64 = 10_000;
 
+/// The largest lease: tokens one instance may hold back from the fleet.
+const MAX_LEASE_TOKENS: u64 = 1_000_000;
+
 /// Our setting names are a fixed set; map a raw name onto its `'static`
 /// spelling for the error (unknown names are not ours to report).
 fn leak_name(name: &str) -> &'static str {
@@ -513,6 +561,9 @@ fn leak_name(name: &str) -> &'static str {
         "WARM_BATCH_SIZE",
         "WARM_BATCH_PAUSE",
         "PEPPER",
+        "LEASES",
+        "LEASE_MAX_TOKENS",
+        "LEASE_REFILL_THRESHOLD",
     ];
     NAMES
         .iter()
@@ -530,6 +581,18 @@ fn parse_num<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, Con
             value: v.to_owned(),
             expected: "a non-negative integer",
         })
+}
+
+fn parse_switch(name: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            name,
+            value: v.to_owned(),
+            expected: "on or off",
+        }),
+    }
 }
 
 fn parse_duration_var(name: &'static str, v: &str) -> Result<Duration, ConfigError> {
@@ -658,6 +721,13 @@ impl CacheConfigBuilder {
         warm_batch_size: u64,
         /// Pause between two warming queries.
         warm_batch_pause: Duration,
+        /// Token leases for rate-limited keys (default on).
+        leases: bool,
+        /// The most tokens one lease holds (1 to 1,000,000; default 1000).
+        lease_max_tokens: u64,
+        /// Refill a lease once this percentage of it is left (0 to 100;
+        /// default 50).
+        lease_refill_threshold: u8,
     }
 
     /// Checks and returns the configuration.
@@ -778,6 +848,50 @@ mod tests {
             .warm_batch_size(10_000)
             .build()
             .is_ok());
+    }
+
+    #[test]
+    fn lease_settings() {
+        let d = CacheConfig::default();
+        assert!(d.leases, "on unless turned off");
+        assert_eq!((d.lease_max_tokens, d.lease_refill_threshold), (1000, 50));
+        let c = CacheConfig::from_vars([
+            ("APIKEY_CACHE_LEASES", "off"),
+            ("APIKEY_CACHE_LEASE_MAX_TOKENS", "10_000"),
+            ("APIKEY_CACHE_LEASE_REFILL_THRESHOLD", "0"),
+        ])
+        .unwrap();
+        assert!(!c.leases);
+        assert_eq!((c.lease_max_tokens, c.lease_refill_threshold), (10_000, 0));
+        for on in ["on", "ON", "true", "1", "yes"] {
+            assert!(
+                CacheConfig::from_vars([("APIKEY_CACHE_LEASES", on)])
+                    .unwrap()
+                    .leases
+            );
+        }
+        for (k, v) in [
+            ("APIKEY_CACHE_LEASES", "maybe"),
+            ("APIKEY_CACHE_LEASE_MAX_TOKENS", "0"),
+            ("APIKEY_CACHE_LEASE_MAX_TOKENS", "1000001"),
+            ("APIKEY_CACHE_LEASE_MAX_TOKENS", "-5"),
+            ("APIKEY_CACHE_LEASE_REFILL_THRESHOLD", "101"),
+            ("APIKEY_CACHE_LEASE_REFILL_THRESHOLD", "256"),
+        ] {
+            let err = CacheConfig::from_vars([(k, v)]).unwrap_err();
+            let ConfigError::Invalid { name, .. } = err;
+            assert_eq!(format!("APIKEY_CACHE_{name}"), k, "{v}");
+        }
+        assert!(CacheConfig::builder()
+            .lease_max_tokens(1_000_000)
+            .lease_refill_threshold(100)
+            .build()
+            .is_ok());
+        assert!(CacheConfig::builder().lease_max_tokens(0).build().is_err());
+        assert!(CacheConfig::builder()
+            .lease_refill_threshold(101)
+            .build()
+            .is_err());
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct HealthReport {
     pub usage: UsageHealth,
     /// The owner key-list cache (`list_owner_keys`).
     pub owner_lists: OwnerListsHealth,
+    /// Rate limits and quotas: token leases and the local fallback.
+    pub limits: LimitsHealth,
     /// Cache warming at start-up ([`ApiKeyCache::warming`]); never a reason
     /// for a worse status.
     pub warming: crate::WarmingHealth,
@@ -179,6 +181,40 @@ pub struct OwnerListsHealth {
     pub entries: u64,
 }
 
+/// Rate-limit figures: `"limits": {"leases": true, "leased_keys": 0,
+/// "leased_tokens": 0, "waits": 0, "local_decisions": 0}`. Never a reason
+/// for a worse status (Redis being down already is).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use apikey_cache::{ApiKeyCache, CacheConfig, MemoryStore};
+///
+/// // Leases need Redis: without it, limits are per instance.
+/// let cache = ApiKeyCache::new(CacheConfig::default(), Arc::new(MemoryStore::new())).unwrap();
+/// let limits = cache.health().await.limits;
+/// assert!(!limits.leases);
+/// assert_eq!(limits.waits, 0);
+/// # });
+/// ```
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct LimitsHealth {
+    /// Rate-limited keys are answered from token leases (on, and Redis
+    /// configured).
+    pub leases: bool,
+    /// Keys this instance holds tokens of.
+    pub leased_keys: u64,
+    /// Tokens it holds: at most what the rest of the fleet cannot use until
+    /// they are spent here or given back.
+    pub leased_tokens: u64,
+    /// Limited requests that waited for Redis (no token at hand); flat in
+    /// steady traffic.
+    pub waits: u64,
+    /// Limited requests decided by this instance alone (Redis unavailable).
+    pub local_decisions: u64,
+}
+
 impl HealthReport {
     /// 200 for healthy and degraded, 503 for unhealthy.
     pub fn http_status(&self) -> u16 {
@@ -283,6 +319,17 @@ impl ApiKeyCache {
             },
             owner_lists: OwnerListsHealth {
                 entries: self.inner.owner_lists.entries(),
+            },
+            limits: {
+                let leases = &self.inner.limiter.leases;
+                let (leased_keys, leased_tokens) = leases.held();
+                LimitsHealth {
+                    leases: leases.enabled(),
+                    leased_keys,
+                    leased_tokens,
+                    waits: s.limit_waits,
+                    local_decisions: s.limit_local_decisions,
+                }
             },
             warming: self.warming(),
             checked_at: probe.checked_at,

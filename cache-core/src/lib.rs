@@ -119,7 +119,10 @@
 //!   fleet-wide.
 //! * `usage/`: usage counters (`mod.rs`), the month each count belongs to
 //!   (`months.rs`), their exactly-once flushes to the store and Redis
-//!   (`flush.rs`). `limits.rs`: GCRA rate limits and monthly quotas.
+//!   (`flush.rs`). `limits.rs`: GCRA rate limits and monthly quotas, and
+//!   the per-instance fallback; `limits/script.rs`: the one Redis script
+//!   (debt, quota, leases) and why it is exact; `limits/lease.rs`: token
+//!   leases, spent from L1.
 //! * [`audit`]: audit events (refused requests, invalidations, resyncs,
 //!   mode changes, breaker transitions) on the `apikey_cache::audit`
 //!   target, rate-limited per kind.
@@ -161,6 +164,13 @@
 //! * While Redis is unavailable, rate limits are enforced per instance and
 //!   quotas count this instance's requests only (see `limits.rs` for why
 //!   failing open on quotas beats refusing all limited traffic).
+//! * Rate-limited keys are answered from L1 through token leases
+//!   ([`CacheConfig::leases`], on by default): a lease's tokens stay charged
+//!   to the fleet's bucket, without draining, until spent, given back or
+//!   lapsed, so the fleet never admits more than the limit; the price is
+//!   that tokens one instance holds are not available to another until it
+//!   spends or returns them (`limits/lease.rs` gives the bound). Only the
+//!   rate-limit refusal carries `RateLimit-*` headers, as before.
 //! * Limits are never "unlimited" by accident: `monthly_quota: Some(0)` means
 //!   zero (every request answers `quota_exceeded`; `None` is unlimited), and
 //!   a rate limit of 0 requests refuses every request. Rate limits are exact
@@ -217,8 +227,8 @@ pub use extract::{
 };
 pub use hash::{generate_api_key, KeyGenError, KeyHash, KeyHasher, KEY_PREFIX};
 pub use health::{
-    HealthReport, HealthStatus, InvalidationHealth, L1Health, L2Health, OwnerListsHealth,
-    StoreHealth, UsageHealth,
+    HealthReport, HealthStatus, InvalidationHealth, L1Health, L2Health, LimitsHealth,
+    OwnerListsHealth, StoreHealth, UsageHealth,
 };
 pub use invalidation::InvalidateError;
 pub use l2::L2Kind;

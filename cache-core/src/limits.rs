@@ -17,7 +17,9 @@
 //! rounded down), so after a burst the `k`-th further request is admitted at
 //! the first whole millisecond at or after `k × P / N`: exactly `N` per
 //! period, with no drift. Retry and reset times are rounded up to the
-//! millisecond, so a client that waits them out is never refused early.
+//! millisecond, so a client that waits them out is never refused early
+//! (unless other instances' leases hold tokens they spend later: see
+//! `limits/lease.rs`).
 //!
 //! **Bounds.** Redis's Lua numbers are doubles, exact for integers up to
 //! 2^53, so the limiter needs `P × N ≤ 2^53` (e.g. 100 million per day);
@@ -25,19 +27,35 @@
 //! more, and a limit that reaches the limiter anyway is clamped towards
 //! stricter, as [`RateLimitError`](crate::RateLimitError) says. The drained
 //! amount `elapsed × N` may exceed 2^53, but is only compared with a debt
-//! that cannot, so its rounding is harmless.
+//! that cannot, so its rounding is harmless. Leased tokens count as `P`
+//! each on top of the debt, and the script never lets the sum pass `P × N`.
 //!
-//! The Redis key holds the debt and the time it was measured at, and names
-//! the limit (`rl:{<id>}:{N}:{P}`, the id in literal braces: the cluster
-//! hash tag that puts a key's limit and quota in one slot): a changed limit starts from a whole bucket
-//! instead of misreading a debt scaled by another `N`.
+//! The state lives in Redis under `{prefix}rl:{<id>}:<N>:<P>` (the debt
+//! and the time it was measured at, plus the token leases below): the limit
+//! is in the name, so a changed limit starts from a whole bucket instead of
+//! misreading a debt scaled by another `N`. The key id in braces is a Redis
+//! Cluster hash tag, shared with the quota's key, so the script touches one
+//! slot (`limits/script.rs`).
 //!
 //! **Quota:** requests per calendar month (UTC), counted by the same script
-//! in a per-month key, so a new month starts from zero. A request refused by
-//! the rate limit does not consume quota, and the reverse. A quota of 0 is
-//! zero (every request is `quota_exceeded`), never unlimited; likewise a
-//! limit of 0 requests refuses every request. Both are answered without a
-//! round trip: no state can change them.
+//! in a per-month key (`{prefix}quota:{<id>}:<YYYY-MM>`, kept a day past
+//! its month), so a new month starts from zero. A request refused by the
+//! rate limit does not consume quota, and the reverse. A quota of 0 is zero
+//! (every request is `quota_exceeded`), never unlimited; likewise a limit of
+//! 0 requests refuses every request. Both are answered without a round
+//! trip: no state can change them.
+//!
+//! **Token leases** (`limits/lease.rs`, on by default): rather than one
+//! round trip per request, an instance takes a batch of a key's tokens (of
+//! its rate limit and quota together) in one call and spends them from L1;
+//! only a request that finds none left, and no refill back, waits for
+//! Redis. A lease's tokens are charged to the bucket as the same number of
+//! requests would be, and stay charged (they do not drain) until spent,
+//! given back or lapsed, so the fleet never admits more than the limit: see
+//! `limits/script.rs` for the argument and `limits/lease.rs` for what a
+//! refusal's `RateLimit-Remaining` then means. With leases off
+//! (`APIKEY_CACHE_LEASES=off`), each request is one call of the same
+//! script, so a fleet may mix both.
 //!
 //! Times come from the cache's clock (so tests can move it), not from
 //! Redis: instances are expected to run NTP-synchronised clocks. A clock
@@ -49,10 +67,21 @@
 //! requests only; health shows Redis as down meanwhile. A fleet of N
 //! instances then lets up to N times the limit through: the alternative,
 //! refusing every limited request while Redis is away, would turn a cache
-//! outage into an API outage.
+//! outage into an API outage. A failed call also retires every lease of the
+//! instance (Redis may come back without them), so the fallback decides
+//! until Redis answers again.
+
+mod lease;
+mod leases;
+mod script;
+
+pub(crate) use lease::{Answer, Lease};
+pub(crate) use leases::{sweeper, LeaseSettings, Leases};
+pub(crate) use script::LimitScript;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use time::{Month, OffsetDateTime};
@@ -97,59 +126,16 @@ pub(crate) enum Decision {
     QuotaExceeded { quota: u64, retry_after: Duration },
 }
 
-// ARGV: now (ms), N (0: no rate limit), P (ms), quota (-1: none), quota TTL.
-// Every number stays within 2^53 (see the module docs): hence `debt > room`
-// rather than `debt + P > P * N`, whose left side may not. The divisions are
-// exact enough for `ceil`: a quotient of at most P that is not an integer is
-// at least 1/N away from one, more than half a double's spacing there.
-const SCRIPT: &str = r#"
-local now = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local p = tonumber(ARGV[3])
-local quota = tonumber(ARGV[4])
-local quota_ttl = tonumber(ARGV[5])
-if quota >= 0 then
-  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used >= quota then return {2, 0, 0} end
-end
-if n > 0 then
-  local state = redis.call('HMGET', KEYS[1], 'debt', 'at')
-  local debt = tonumber(state[1]) or 0
-  local at = tonumber(state[2]) or now
-  if now > at then
-    local drained = (now - at) * n
-    if drained < debt then debt = debt - drained else debt = 0 end
-    at = now
-  end
-  local room = p * n - p
-  if debt > room then
-    return {1, math.ceil((debt - room) / n), math.ceil(debt / n)}
-  end
-  debt = debt + p
-  redis.call('HSET', KEYS[1], 'debt', debt, 'at', at)
-  -- Until drained, plus a period: the debt is judged by the instances'
-  -- clocks but expires by Redis's, and a key that outlives its debt is
-  -- harmless (the next request drains it), while one that expires early
-  -- would hand out a fresh burst.
-  redis.call('PEXPIRE', KEYS[1], math.ceil(debt / n) + at - now + p)
-end
-if quota >= 0 then
-  local used = redis.call('INCR', KEYS[2])
-  if used == 1 then redis.call('PEXPIRE', KEYS[2], quota_ttl) end
-end
-return {0, 0, 0}
-"#;
-
 /// A rate limit as the limiter enforces it: `n` requests per `p` ms, with
 /// `p × n ≤ 2^53` (clamped towards stricter, see [`crate::RateLimitError`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Gcra {
-    n: u64,
-    p: u64,
+pub(crate) struct Gcra {
+    pub(crate) n: u64,
+    pub(crate) p: u64,
 }
 
 impl Gcra {
-    fn of(limit: &RateLimit) -> Self {
+    pub(crate) fn of(limit: &RateLimit) -> Self {
         const MAX: u64 = RateLimit::MAX_REQUESTS_TIMES_MS;
         // Rounded up: a shorter period would admit more than asked.
         let ms =
@@ -193,21 +179,21 @@ impl Gcra {
         RateLimitInfo::new(0, 0, Duration::ZERO, Duration::from_millis(self.p))
     }
 
-    fn limit(&self) -> u32 {
+    pub(crate) fn limit(&self) -> u32 {
         u32::try_from(self.n).unwrap_or(u32::MAX)
     }
 }
 
-fn ms(v: i64) -> Duration {
+pub(crate) fn ms(v: i64) -> Duration {
     Duration::from_millis(u64::try_from(v).unwrap_or(0))
 }
 
-fn unix_ms(t: OffsetDateTime) -> i64 {
+pub(crate) fn unix_ms(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// The first instant of the month after `now` (UTC).
-fn next_month(now: OffsetDateTime) -> OffsetDateTime {
+pub(crate) fn next_month(now: OffsetDateTime) -> OffsetDateTime {
     let now = now.to_offset(time::UtcOffset::UTC);
     let (y, m) = match now.month() {
         Month::December => (now.year() + 1, Month::January),
@@ -234,24 +220,37 @@ struct LocalState {
     used: u64,
 }
 
-/// The limiter: Redis first, this instance's own state when Redis is away.
+/// The limiter: leases or Redis first, this instance's own state when
+/// Redis is away.
 pub(crate) struct Limiter {
-    script: redis::Script,
+    script: Arc<LimitScript>,
     local: Mutex<HashMap<KeyId, LocalState>>,
+    pub(crate) leases: Arc<Leases>,
+    /// Requests decided by the per-instance fallback.
+    pub(crate) local_decisions: AtomicU64,
 }
 
 impl Limiter {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(
+        settings: LeaseSettings,
+        l2: Option<Arc<L2>>,
+        clock: Arc<dyn crate::Clock>,
+    ) -> Self {
+        let script = Arc::new(LimitScript::new());
         Self {
-            script: redis::Script::new(SCRIPT),
+            leases: Arc::new(Leases::new(settings, script.clone(), l2, clock)),
+            script,
             local: Mutex::new(HashMap::new()),
+            local_decisions: AtomicU64::new(0),
         }
     }
 
-    /// Decides one request of `record` at `now`.
+    /// Decides one request of `record` at `now` that its lease (if any)
+    /// could not answer from L1.
     pub(crate) async fn check(
         &self,
         record: &KeyRecord,
+        lease: Option<&Arc<Lease>>,
         now: OffsetDateTime,
         l2: Option<&L2>,
         prefix: &str,
@@ -272,43 +271,53 @@ impl Limiter {
         if let Some(g) = gcra.filter(|g| g.n == 0) {
             return Decision::RateLimited(g.never());
         }
+        if let Some(lease) = lease {
+            match self.leases.wait(lease).await {
+                Answer::Granted => return Decision::Allow,
+                Answer::Refused(decision) => return decision,
+                Answer::Unavailable => {
+                    return self.check_local(record, gcra, quota, now, quota_exceeded)
+                }
+                // Judged before its lease was dropped: one call decides.
+                Answer::Dropped => {}
+            }
+        }
         if let Some(l2) = l2 {
-            let mut inv = self.script.prepare_invoke();
-            inv.key(match gcra {
-                Some(g) => format!("{prefix}rl:{{{}}}:{}:{}", record.id, g.n, g.p),
-                None => format!("{prefix}rl:{{{}}}", record.id),
-            })
-            // The id in braces is both keys' cluster hash tag: one slot.
-            .key(format!(
-                "{prefix}quota:{{{}}}:{}",
-                record.id,
-                month_tag(now)
-            ))
-            .arg(unix_ms(now))
-            .arg(gcra.map_or(0, |g| g.n))
-            .arg(gcra.map_or(0, |g| g.p))
-            .arg(quota.map_or(-1, |q| i64::try_from(q).unwrap_or(i64::MAX)))
-            // Keep a month's count a day past the month, for dashboards.
-            .arg(unix_ms(month_end) - unix_ms(now) + 86_400_000);
-            match l2.call_script::<(i64, i64, i64)>(&inv).await {
-                Ok((0, _, _)) => return Decision::Allow,
-                Ok((1, retry, reset)) => {
+            let month = month_tag(now);
+            let call = script::Call {
+                prefix,
+                id: &record.id,
+                gcra,
+                quota,
+                now_ms: unix_ms(now),
+                month_end_ms: unix_ms(month_end),
+                month: &month,
+                holder: None,
+                need: 1,
+                want: 0,
+                give_back: false,
+                until_ms: unix_ms(now),
+            };
+            match self.script.run(l2, &call).await {
+                Ok(script::Reply::Granted { now: 1, .. }) => return Decision::Allow,
+                Ok(script::Reply::RateLimited { retry, reset, .. }) => {
                     if let Some(g) = gcra {
                         return Decision::RateLimited(RateLimitInfo::new(
                             g.limit(),
                             0,
-                            ms(reset),
-                            ms(retry),
+                            reset,
+                            retry,
                         ));
                     }
                 }
-                Ok((2, _, _)) => {
+                Ok(script::Reply::QuotaExceeded { .. }) => {
                     if let Some(q) = quota {
                         return quota_exceeded(q);
                     }
                 }
                 Ok(other) => tracing::warn!(?other, "unexpected limiter reply; using local limits"),
                 Err(e) => {
+                    self.leases.failed();
                     tracing::debug!(error = %e, "redis limiter unavailable; using local limits")
                 }
             }
@@ -324,6 +333,7 @@ impl Limiter {
         now: OffsetDateTime,
         quota_exceeded: impl Fn(u64) -> Decision,
     ) -> Decision {
+        self.local_decisions.fetch_add(1, Ordering::Relaxed);
         let now_ms = unix_ms(now);
         let month = month_tag(now);
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
@@ -361,6 +371,18 @@ mod tests {
     use crate::{KeyHasher, RateLimit, Scopes};
     use time::macros::datetime;
 
+    fn limiter() -> Limiter {
+        let settings = LeaseSettings {
+            enabled: true,
+            max_tokens: 1000,
+            refill_threshold: 50,
+            prefix: "p:".into(),
+            instance_id: "i".into(),
+            patience: Duration::from_millis(100),
+        };
+        Limiter::new(settings, None, Arc::new(crate::SystemClock))
+    }
+
     fn record(limit: Option<(u32, u64)>, quota: Option<u64>) -> KeyRecord {
         let mut r = KeyRecord::new(
             KeyId::from("k"),
@@ -375,13 +397,13 @@ mod tests {
 
     #[tokio::test]
     async fn local_gcra_allows_the_burst_then_one_per_emission() {
-        let l = Limiter::new();
+        let l = limiter();
         let r = record(Some((5, 60)), None);
         let t0 = datetime!(2030-01-01 0:00 UTC);
         for _ in 0..5 {
-            assert_eq!(l.check(&r, t0, None, "p:").await, Decision::Allow);
+            assert_eq!(l.check(&r, None, t0, None, "p:").await, Decision::Allow);
         }
-        match l.check(&r, t0, None, "p:").await {
+        match l.check(&r, None, t0, None, "p:").await {
             Decision::RateLimited(info) => {
                 assert_eq!(info.retry_after, Duration::from_secs(12));
                 assert_eq!(info.limit, 5);
@@ -390,25 +412,25 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let t1 = t0 + Duration::from_secs(12);
-        assert_eq!(l.check(&r, t1, None, "p:").await, Decision::Allow);
+        assert_eq!(l.check(&r, None, t1, None, "p:").await, Decision::Allow);
     }
 
     #[tokio::test]
     async fn local_quota_resets_with_the_month() {
-        let l = Limiter::new();
+        let l = limiter();
         let r = record(None, Some(2));
         let jan = datetime!(2030-01-31 23:59 UTC);
-        assert_eq!(l.check(&r, jan, None, "p:").await, Decision::Allow);
-        assert_eq!(l.check(&r, jan, None, "p:").await, Decision::Allow);
+        assert_eq!(l.check(&r, None, jan, None, "p:").await, Decision::Allow);
+        assert_eq!(l.check(&r, None, jan, None, "p:").await, Decision::Allow);
         assert_eq!(
-            l.check(&r, jan, None, "p:").await,
+            l.check(&r, None, jan, None, "p:").await,
             Decision::QuotaExceeded {
                 quota: 2,
                 retry_after: Duration::from_secs(60)
             }
         );
         let feb = datetime!(2030-02-01 0:00 UTC);
-        assert_eq!(l.check(&r, feb, None, "p:").await, Decision::Allow);
+        assert_eq!(l.check(&r, None, feb, None, "p:").await, Decision::Allow);
     }
 
     fn limited(requests: u32, per: Duration) -> KeyRecord {
@@ -418,7 +440,7 @@ mod tests {
     }
 
     async fn refused(l: &Limiter, r: &KeyRecord, at: OffsetDateTime) -> RateLimitInfo {
-        match l.check(r, at, None, "p:").await {
+        match l.check(r, None, at, None, "p:").await {
             Decision::RateLimited(info) => info,
             other => panic!("expected a refusal at {at}, got {other:?}"),
         }
@@ -427,11 +449,11 @@ mod tests {
     #[tokio::test]
     async fn local_retry_and_reset_are_exact_to_the_millisecond() {
         // 3 per 7 s: one request every 2333.3 ms, admitted at 2334, 4667, 7000.
-        let l = Limiter::new();
+        let l = limiter();
         let r = limited(3, Duration::from_secs(7));
         let t0 = datetime!(2030-01-01 0:00 UTC);
         for _ in 0..3 {
-            assert_eq!(l.check(&r, t0, None, "p:").await, Decision::Allow);
+            assert_eq!(l.check(&r, None, t0, None, "p:").await, Decision::Allow);
         }
         let ms = Duration::from_millis;
         assert_eq!(
@@ -444,7 +466,7 @@ mod tests {
             RateLimitInfo::new(3, 0, ms(4667), ms(1))
         );
         assert_eq!(
-            l.check(&r, t0 + ms(2334), None, "p:").await,
+            l.check(&r, None, t0 + ms(2334), None, "p:").await,
             Decision::Allow
         );
         // Debt 20998: the next one at 4667 ms, whole again 6999.3 ms later.
@@ -453,18 +475,18 @@ mod tests {
             RateLimitInfo::new(3, 0, ms(7000), ms(2333))
         );
         assert_eq!(
-            l.check(&r, t0 + ms(4667), None, "p:").await,
+            l.check(&r, None, t0 + ms(4667), None, "p:").await,
             Decision::Allow
         );
     }
 
     #[tokio::test]
     async fn local_quota_zero_is_zero_not_unlimited() {
-        let l = Limiter::new();
+        let l = limiter();
         let r = record(None, Some(0));
         let jan = datetime!(2030-01-31 23:00 UTC);
         assert_eq!(
-            l.check(&r, jan, None, "p:").await,
+            l.check(&r, None, jan, None, "p:").await,
             Decision::QuotaExceeded {
                 quota: 0,
                 retry_after: Duration::from_secs(3600)
@@ -473,14 +495,30 @@ mod tests {
         // Also with a rate limit that would admit it.
         let r = record(Some((10, 60)), Some(0));
         assert!(matches!(
-            l.check(&r, jan, None, "p:").await,
+            l.check(&r, None, jan, None, "p:").await,
             Decision::QuotaExceeded { quota: 0, .. }
         ));
     }
 
     #[tokio::test]
+    async fn zero_limits_are_answered_without_the_limiter() {
+        // Not a fallback decision either: no state could change them.
+        let l = limiter();
+        let jan = datetime!(2030-01-31 23:00 UTC);
+        for r in [record(None, Some(0)), limited(0, Duration::from_secs(60))] {
+            assert_ne!(l.check(&r, None, jan, None, "p:").await, Decision::Allow);
+        }
+        assert_eq!(l.local_decisions.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            l.check(&record(None, Some(1)), None, jan, None, "p:").await,
+            Decision::Allow
+        );
+        assert_eq!(l.local_decisions.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
     async fn local_zero_requests_refuse_every_request() {
-        let l = Limiter::new();
+        let l = limiter();
         let r = limited(0, Duration::from_secs(60));
         let t0 = datetime!(2030-01-01 0:00 UTC);
         for later in [0, 60, 3600] {
@@ -493,16 +531,16 @@ mod tests {
 
     #[tokio::test]
     async fn local_changed_limit_starts_a_whole_bucket() {
-        let l = Limiter::new();
+        let l = limiter();
         let t0 = datetime!(2030-01-01 0:00 UTC);
         let mut r = limited(2, Duration::from_secs(60));
         for _ in 0..2 {
-            assert_eq!(l.check(&r, t0, None, "p:").await, Decision::Allow);
+            assert_eq!(l.check(&r, None, t0, None, "p:").await, Decision::Allow);
         }
         refused(&l, &r, t0).await;
         r.rate_limit = Some(RateLimit::new(3, Duration::from_secs(60)));
         for _ in 0..3 {
-            assert_eq!(l.check(&r, t0, None, "p:").await, Decision::Allow);
+            assert_eq!(l.check(&r, None, t0, None, "p:").await, Decision::Allow);
         }
         assert_eq!(refused(&l, &r, t0).await.limit, 3);
     }
@@ -510,12 +548,12 @@ mod tests {
     #[tokio::test]
     async fn local_clock_going_back_drains_nothing() {
         // Another instance's clock may be ahead: its time stays the debt's.
-        let l = Limiter::new();
+        let l = limiter();
         let r = limited(2, Duration::from_secs(1));
         let t0 = datetime!(2030-01-01 0:00 UTC);
         let t1 = t0 + Duration::from_secs(10);
-        assert_eq!(l.check(&r, t1, None, "p:").await, Decision::Allow);
-        assert_eq!(l.check(&r, t0, None, "p:").await, Decision::Allow);
+        assert_eq!(l.check(&r, None, t1, None, "p:").await, Decision::Allow);
+        assert_eq!(l.check(&r, None, t0, None, "p:").await, Decision::Allow);
         assert_eq!(
             refused(&l, &r, t1).await.retry_after,
             Duration::from_millis(500)

@@ -121,4 +121,15 @@ pub struct CacheStats {
     pub usage_flush_errors: u64,
     /// Requests flushed to the store by this instance.
     pub usage_flushed: u64,
+    /// Rate-limited or quota requests that waited for Redis: no token lease,
+    /// or an empty one with no refill back (zero in steady traffic with
+    /// leases on).
+    pub limit_waits: u64,
+    /// Rate-limited or quota requests decided by this instance alone
+    /// (Redis unavailable).
+    pub limit_local_decisions: u64,
+    /// Token lease calls to Redis (background refills and give-backs).
+    pub lease_calls: u64,
+    /// Leased tokens given back to the fleet unspent.
+    pub lease_tokens_returned: u64,
 }

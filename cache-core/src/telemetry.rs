@@ -29,6 +29,7 @@
 //! | `apikey_cache_resyncs_total` | counter | (`invalidation.resyncs` of `/health/cache`) |
 //! | `apikey_cache_usage_flush_errors_total` | counter | |
 //! | `apikey_cache_usage_pending_increments` | gauge | |
+//! | `apikey_cache_limit_waits_total` | counter | (`limits.waits` of `/health/cache`) |
 //!
 //! Every metric is described (HELP text and unit) once per process, when
 //! the first cache is built. Describe calls reach only the recorder
@@ -300,6 +301,13 @@ pub const METRICS: &[MetricDef] = &[
         "Counted requests not yet flushed to the store.",
         &[],
     ),
+    def(
+        "apikey_cache_limit_waits_total",
+        MetricKind::Counter,
+        Some(Unit::Count),
+        "Rate-limited or quota requests that waited for Redis (no token lease at hand); flat in steady traffic.",
+        &[],
+    ),
 ];
 
 /// The entry of [`METRICS`] named `name`.
@@ -378,6 +386,7 @@ impl ApiKeyCache {
         counter!("apikey_cache_resyncs_total").absolute(s.resyncs);
         counter!("apikey_cache_usage_flush_errors_total").absolute(s.usage_flush_errors);
         gauge!("apikey_cache_usage_pending_increments").set(s.usage_pending_increments as f64);
+        counter!("apikey_cache_limit_waits_total").absolute(s.limit_waits);
     }
 }
 

@@ -1,5 +1,6 @@
-//! The request path: extract, hash, L1, then (only on a miss or for a
-//! limited key) a boxed future for the load and the limiter.
+//! The request path: extract, hash, L1, then (only on a miss, or for a
+//! limited key whose lease has no token) a boxed future for the load and
+//! the limiter.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -80,8 +81,9 @@ impl ApiKeyCache {
     /// Verifies the key found in a request's headers.
     ///
     /// An L1 hit is answered before the returned future is first polled, so
-    /// the common case allocates nothing; a miss, or a key with a rate limit
-    /// or quota (one Redis round trip), boxes the rest.
+    /// the common case allocates nothing, a rate-limited key's too while its
+    /// token lease has tokens; a miss, or a limited key that has to ask
+    /// Redis, boxes the rest.
     pub fn verify<'a, R: HeaderSource + ?Sized>(
         &'a self,
         req: &R,
@@ -178,7 +180,7 @@ impl ApiKeyCache {
 
     /// The answer from L1 alone, without awaiting anything; `None` when L1
     /// cannot answer (a miss, `database_only` mode, or a key whose rate limit
-    /// or quota needs Redis).
+    /// or quota needs Redis: no token lease, or an empty one).
     #[inline]
     pub fn verify_cached(&self, hash: &KeyHash, required: &RequiredScopes) -> Option<Outcome> {
         match self.check_l1(hash, required) {
@@ -299,7 +301,15 @@ impl ApiKeyCache {
             });
         }
         if found.limited {
-            return Judged::Limited(found);
+            // A token of the key's lease answers here, like an unlimited
+            // key; without one, the limiter decides (and may wait).
+            let taken = found
+                .lease
+                .as_ref()
+                .is_some_and(|lease| self.inner.limiter.leases.take(lease, now));
+            if !taken {
+                return Judged::Limited(found);
+            }
         }
         self.inner.usage.count(&found.usage, now);
         // Moved, not cloned: the record's reference count is touched once.
@@ -313,6 +323,7 @@ impl ApiKeyCache {
             .limiter
             .check(
                 &found.record,
+                found.lease.as_ref(),
                 inner.clock.now(),
                 inner.l2.as_deref(),
                 &inner.config.key_prefix,

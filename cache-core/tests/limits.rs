@@ -1,5 +1,7 @@
 //! Exact rate limits and monthly quotas, through a real Redis shared by two
-//! instances and in the per-instance fallback (no Redis), with a frozen clock.
+//! instances (one Redis call per request: leases off), through one instance
+//! spending token leases, and in the per-instance fallback (no Redis), with a
+//! frozen clock. `leases.rs` tests leases across instances.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,7 +22,8 @@ use time::OffsetDateTime;
 const T0: OffsetDateTime = time::macros::datetime!(2030-05-10 12:00 UTC);
 
 /// Instances sharing one store and one clock; with Redis, two instances
-/// sharing it too (requests alternate, so a per-instance limit would show).
+/// sharing it too (requests alternate, so a per-instance limit would show),
+/// or one with token leases.
 struct Fleet {
     caches: Vec<ApiKeyCache>,
     clock: Arc<ManualClock>,
@@ -28,12 +31,33 @@ struct Fleet {
     calls: usize,
 }
 
+/// How a fleet decides.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// Two instances, one Redis call per request.
+    Calls,
+    /// One instance spending token leases (two would strand tokens in each
+    /// other's leases: `leases.rs` measures that).
+    Lease,
+    /// One instance, no Redis.
+    Local,
+}
+
 impl Fleet {
     async fn start(redis: Option<&RedisServer>) -> Self {
+        let via = if redis.is_some() {
+            Via::Calls
+        } else {
+            Via::Local
+        };
+        Self::with(redis, via).await
+    }
+
+    async fn with(redis: Option<&RedisServer>, via: Via) -> Self {
         let store = Arc::new(MemoryStore::new());
         let clock = Arc::new(ManualClock::new(T0));
         let mut caches = Vec::new();
-        for _ in 0..if redis.is_some() { 2 } else { 1 } {
+        for _ in 0..if via == Via::Calls { 2 } else { 1 } {
             // Generous timeouts and breaker: thousands of decisions go to
             // Redis, and one call timing out on a loaded CI machine would
             // fall back to the per-instance limiter (and fail the test).
@@ -41,7 +65,8 @@ impl Fleet {
                 .redis_timeout(Duration::from_secs(3))
                 .redis_connect_timeout(Duration::from_secs(3))
                 .tombstone_ttl(Duration::from_secs(30))
-                .breaker_threshold(1000);
+                .breaker_threshold(1000)
+                .leases(via == Via::Lease);
             if let Some(redis) = redis {
                 config = config.redis_url(redis.url());
             }
@@ -195,6 +220,18 @@ async fn exact_limits_through_redis_shared_by_two_instances() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_limits_through_a_token_lease() {
+    let redis = RedisServer::start();
+    let mut fleet = Fleet::with(Some(&redis), Via::Lease).await;
+    for (n, p, retry, reset) in CASES {
+        exact_schedule(&mut fleet, n, p, retry, reset).await;
+    }
+    let stats = fleet.caches[0].stats();
+    assert_eq!(stats.l2_errors, 0, "Redis decided every request");
+    assert_eq!(stats.limit_local_decisions, 0);
+}
+
 #[tokio::test]
 async fn exact_limits_in_the_local_fallback() {
     let mut fleet = Fleet::start(None).await;
@@ -214,6 +251,8 @@ async fn redis_state_is_the_scaled_debt() {
         fleet.admitted(&key, "burst").await;
     }
     let mut conn = redis.conn();
+    // The key id in braces: the Redis Cluster hash tag it shares with the
+    // quota's key.
     let name = format!("apikey-cache:rl:{{{id}}}:700:1000");
     let (debt, at): (u64, i64) = redis::cmd("HMGET")
         .arg(&name)
@@ -236,7 +275,11 @@ async fn redis_state_is_the_scaled_debt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn largest_exact_limits_stay_exact() {
     let redis = RedisServer::start();
-    for fleet in [Fleet::start(Some(&redis)).await, Fleet::start(None).await] {
+    for fleet in [
+        Fleet::start(Some(&redis)).await,
+        Fleet::with(Some(&redis), Via::Lease).await,
+        Fleet::start(None).await,
+    ] {
         let mut fleet = fleet;
         let max = RateLimit::MAX_REQUESTS_TIMES_MS;
         let (ms, secs) = (Duration::from_millis, Duration::from_secs);
@@ -302,10 +345,30 @@ async fn quota_zero_refuses_every_request() {
         assert_eq!(details.total_requests, 0, "nothing was served");
     }
     let none: Vec<String> = redis::cmd("KEYS")
-        .arg("apikey-cache:quota:*")
+        .arg("apikey-cache:*")
         .query(&mut redis.conn())
         .unwrap();
-    assert!(none.is_empty(), "no counter for a zero quota: {none:?}");
+    let none: Vec<_> = none
+        .iter()
+        .filter(|k| k.contains("quota") || k.contains("rl:"))
+        .collect();
+    assert!(none.is_empty(), "no state for a zero quota: {none:?}");
+    // Answered without a round trip, and not by the fallback either.
+    let mut fleet = Fleet::with(Some(&redis), Via::Lease).await;
+    let (key, _) = fleet.key(|r| r.monthly_quota = Some(0));
+    assert!(matches!(
+        fleet.verify(&key).await,
+        Outcome::QuotaExceeded { quota: 0, .. }
+    ));
+    let stats = fleet.caches[0].stats();
+    assert_eq!(
+        (
+            stats.lease_calls,
+            stats.limit_local_decisions,
+            stats.limit_waits
+        ),
+        (0, 0, 0)
+    );
 }
 
 /// The month's counter lives until a day after the month ends.

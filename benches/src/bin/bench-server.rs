@@ -5,6 +5,8 @@
 //! bench-server noauth   # no authentication at all
 //! bench-server bearer   # tower-http AsyncRequireAuthorizationLayer, a static check
 //! bench-server apikey   # ApiKeyLayer over 10k keys, all in L1
+//! bench-server apikey-limited  # the same, every key rate-limited far above
+//!                              # the load (needs APIKEY_CACHE_REDIS_URL)
 //! bench-server moka     # the design's reference: from_fn, SHA-256 + moka get
 //! bench-server quick    # the same with quick_cache instead of moka
 //! ```

@@ -5,8 +5,10 @@
 //! 1. At once, before its first await: this instance *holds* what the call
 //!    covers (`guard.rs`: Redis's answers for it are not trusted) and drops
 //!    it from L1 (a generation bump and the removal, with no fill in
-//!    progress; see `cache.rs` for the refill race). From here on this
-//!    instance refuses the key.
+//!    progress; see `cache.rs` for the refill race), and drops the keys'
+//!    token leases (no leftover token is spent; they go back to the fleet
+//!    in the background, `limits/lease.rs`). From here on this instance
+//!    refuses the key.
 //! 2. In a task of its own (`delivery.rs`), so that dropping the caller's
 //!    future cannot stop it: tombstones in Redis that block refills, then
 //!    the pub/sub event. Receivers drop their L1 entry and reload; by then
@@ -189,6 +191,7 @@ impl ApiKeyCache {
             self.inner.flights.forget(hash);
             l1.remove(hash);
         });
+        self.inner.limiter.leases.drop_hash(hash);
         self.inner.owner_lists.drop_hash(hash);
         self.count_invalidation(source);
         self.inner.audit.key_invalidated(Some(hash), None, source);
@@ -203,6 +206,10 @@ impl ApiKeyCache {
             self.inner.flights.forget_all();
             l1.remove_if(|entry| entry.record().is_some_and(|r| r.owner == owner))
         });
+        self.inner
+            .limiter
+            .leases
+            .drop_where(|key| key.owner == owner);
         self.inner.owner_lists.drop_owner(owner);
         self.count_invalidation(source);
         self.inner.audit.owner_invalidated(
@@ -219,6 +226,7 @@ impl ApiKeyCache {
             self.inner.flights.forget_all();
             l1.remove_if(|entry| entry.record().is_some_and(|r| r.id == *id));
         });
+        self.inner.limiter.leases.drop_where(|key| key.id == *id);
         self.inner.owner_lists.drop_id(id);
         self.count_invalidation(source);
         self.inner.audit.key_invalidated(None, Some(id), source);

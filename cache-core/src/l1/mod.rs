@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::cache::Inner;
+use crate::limits::Lease;
 use crate::usage::UsageCell;
 use crate::{Clock, KeyHash, KeyRecord, KeyStatus, RequiredScopes};
 
@@ -52,6 +53,9 @@ pub(crate) struct Found {
     /// stays true.
     granted: AtomicU64,
     pub(crate) usage: Arc<UsageCell>,
+    /// The key's token lease, for a limited key with leases on: a request
+    /// it admits is answered here, without Redis (`limits/lease.rs`).
+    pub(crate) lease: Option<Arc<Lease>>,
     /// `record.expires_at`, in nanoseconds since the epoch (saturating),
     /// compared with [`Clock::unix_nanos`](crate::Clock::unix_nanos).
     pub(crate) expires_at_nanos: Option<i64>,
@@ -64,9 +68,18 @@ pub(crate) struct Found {
 
 impl Found {
     pub(crate) fn new(record: KeyRecord, usage: Arc<UsageCell>) -> Self {
+        Self::with_lease(record, usage, None)
+    }
+
+    pub(crate) fn with_lease(
+        record: KeyRecord,
+        usage: Arc<UsageCell>,
+        lease: Option<Arc<Lease>>,
+    ) -> Self {
         Self {
             granted: AtomicU64::new(0),
             usage,
+            lease,
             expires_at_nanos: record
                 .expires_at
                 .map(|at| i64::try_from(at.unix_timestamp_nanos()).unwrap_or(i64::MAX)),

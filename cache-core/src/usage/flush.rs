@@ -549,10 +549,12 @@ impl ApiKeyCache {
         left.store.increments == 0
     }
 
-    /// Stops the background flusher, then delivers everything pending,
-    /// retrying with back-off until `deadline` passes: invalidations that
-    /// did not reach Redis yet, usage counts to the store and to Redis.
-    /// Call it on SIGTERM after the server stopped taking requests.
+    /// Stops the background flusher, gives this instance's token leases
+    /// back to the fleet (rate-limited keys' unspent tokens), then delivers
+    /// everything pending, retrying with back-off until `deadline` passes:
+    /// invalidations that did not reach Redis yet, usage counts to the store
+    /// and to Redis. Call it on SIGTERM after the server stopped taking
+    /// requests.
     ///
     /// `Err` tells what could not be delivered in time.
     ///
@@ -576,6 +578,10 @@ impl ApiKeyCache {
     pub async fn shutdown(&self, deadline: Duration) -> Result<(), ShutdownError> {
         self.inner.shutting_down.store(true, Ordering::Release);
         let give_up = tokio::time::Instant::now() + deadline;
+        // Token leases first: their unspent tokens go back to the fleet,
+        // and no new one is taken (a limited request from now on is one
+        // Redis call).
+        let _ = tokio::time::timeout(deadline, self.inner.limiter.leases.close()).await;
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.pending_invalidations() > 0 {
