@@ -221,6 +221,7 @@ impl ApiKeyCacheBuilder {
                 // A refill is one script call (two budgets on its first
                 // use); a waiter may need a second one.
                 patience: c.redis_timeout.saturating_mul(4) + WAIT_SLACK,
+                idle: c.lease_idle,
             },
             l2.clone(),
             self.clock.clone(),

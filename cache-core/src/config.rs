@@ -44,6 +44,7 @@
 //! | `LEASES` | `on` | rate-limited keys answered from L1 with token leases (`on` or `off`: a Redis round trip per request) |
 //! | `LEASE_MAX_TOKENS` | `1000` | the most tokens one lease holds (1 to 1000000) |
 //! | `LEASE_REFILL_THRESHOLD` | `50` | refill a lease in the background once this percentage of it is left (0 to 100; 0: only when empty) |
+//! | `LEASE_IDLE` | `3s` | a lease no request spent from for this long gives its tokens back (a third of it when the key is near its limit; 100ms to 1h) |
 //!
 //! **Token leases** (`limits/lease.rs`): an instance takes a batch of a
 //! rate-limited key's tokens (and of its monthly quota) from Redis in one
@@ -188,6 +189,13 @@ pub struct CacheConfig {
     /// A lease is refilled in the background once this percentage of it is
     /// left (0 to 100; 0: only once it is empty).
     pub lease_refill_threshold: u8,
+    /// A lease no request spent from for this long gives its tokens back to
+    /// the fleet (a third of it when the key is near its limit); 100 ms to
+    /// 1 h. Shorter strands fewer tokens when traffic moves to other
+    /// instances; longer saves Redis calls for keys used in bursts. A lease
+    /// lasts 30 s after its last refill: past that, idle tokens lapse
+    /// instead (counted as spent).
+    pub lease_idle: Duration,
 }
 
 impl Default for CacheConfig {
@@ -219,6 +227,7 @@ impl Default for CacheConfig {
             leases: true,
             lease_max_tokens: 1000,
             lease_refill_threshold: 50,
+            lease_idle: Duration::from_secs(3),
         }
     }
 }
@@ -252,6 +261,7 @@ impl fmt::Debug for CacheConfig {
             .field("leases", &self.leases)
             .field("lease_max_tokens", &self.lease_max_tokens)
             .field("lease_refill_threshold", &self.lease_refill_threshold)
+            .field("lease_idle", &self.lease_idle)
             .finish()
     }
 }
@@ -357,6 +367,7 @@ impl CacheConfig {
                 "LEASE_REFILL_THRESHOLD" => {
                     c.lease_refill_threshold = parse_num("LEASE_REFILL_THRESHOLD", v)?
                 }
+                "LEASE_IDLE" => c.lease_idle = parse_duration_var("LEASE_IDLE", v)?,
                 _ => {}
             }
         }
@@ -472,6 +483,13 @@ impl CacheConfig {
                 expected: "a percentage, from 0 to 100",
             });
         }
+        if !(MIN_LEASE_IDLE..=MAX_LEASE_IDLE).contains(&self.lease_idle) {
+            return Err(ConfigError::Invalid {
+                name: "LEASE_IDLE",
+                value: format!("{:?}", self.lease_idle),
+                expected: "from 100ms to 1h",
+            });
+        }
         Ok(self)
     }
 }
@@ -533,6 +551,11 @@ const MAX_WARM_BATCH_SIZE: u64 = 10_000;
 
 /// The largest lease: tokens one instance may hold back from the fleet.
 const MAX_LEASE_TOKENS: u64 = 1_000_000;
+/// The shortest and longest `LEASE_IDLE`: under a sweep's period, a lease
+/// would be given back between any two requests; an hour is far past a
+/// lease's life.
+const MIN_LEASE_IDLE: Duration = Duration::from_millis(100);
+const MAX_LEASE_IDLE: Duration = Duration::from_secs(3600);
 
 /// Our setting names are a fixed set; map a raw name onto its `'static`
 /// spelling for the error (unknown names are not ours to report).
@@ -728,6 +751,9 @@ impl CacheConfigBuilder {
         /// Refill a lease once this percentage of it is left (0 to 100;
         /// default 50).
         lease_refill_threshold: u8,
+        /// Give an untouched lease's tokens back after this long (100 ms to
+        /// 1 h; default 3 s).
+        lease_idle: Duration,
     }
 
     /// Checks and returns the configuration.
@@ -859,10 +885,13 @@ mod tests {
             ("APIKEY_CACHE_LEASES", "off"),
             ("APIKEY_CACHE_LEASE_MAX_TOKENS", "10_000"),
             ("APIKEY_CACHE_LEASE_REFILL_THRESHOLD", "0"),
+            ("APIKEY_CACHE_LEASE_IDLE", "500ms"),
         ])
         .unwrap();
         assert!(!c.leases);
         assert_eq!((c.lease_max_tokens, c.lease_refill_threshold), (10_000, 0));
+        assert_eq!(c.lease_idle, Duration::from_millis(500));
+        assert_eq!(d.lease_idle, Duration::from_secs(3));
         for on in ["on", "ON", "true", "1", "yes"] {
             assert!(
                 CacheConfig::from_vars([("APIKEY_CACHE_LEASES", on)])
@@ -877,6 +906,9 @@ mod tests {
             ("APIKEY_CACHE_LEASE_MAX_TOKENS", "-5"),
             ("APIKEY_CACHE_LEASE_REFILL_THRESHOLD", "101"),
             ("APIKEY_CACHE_LEASE_REFILL_THRESHOLD", "256"),
+            ("APIKEY_CACHE_LEASE_IDLE", "99ms"),
+            ("APIKEY_CACHE_LEASE_IDLE", "3601s"),
+            ("APIKEY_CACHE_LEASE_IDLE", "soon"),
         ] {
             let err = CacheConfig::from_vars([(k, v)]).unwrap_err();
             let ConfigError::Invalid { name, .. } = err;
@@ -885,6 +917,11 @@ mod tests {
         assert!(CacheConfig::builder()
             .lease_max_tokens(1_000_000)
             .lease_refill_threshold(100)
+            .lease_idle(Duration::from_millis(100))
+            .build()
+            .is_ok());
+        assert!(CacheConfig::builder()
+            .lease_idle(Duration::from_secs(3600))
             .build()
             .is_ok());
         assert!(CacheConfig::builder().lease_max_tokens(0).build().is_err());

@@ -379,6 +379,7 @@ mod tests {
             prefix: "p:".into(),
             instance_id: "i".into(),
             patience: Duration::from_millis(100),
+            idle: Duration::from_secs(3),
         };
         Limiter::new(settings, None, Arc::new(crate::SystemClock))
     }

@@ -167,17 +167,19 @@ async fn fleet_admits_exactly_the_limit_under_uneven_concurrent_demand() {
 /// Demand under the limit, concurrent and uneven, that stops dead: how many
 /// requests are refused while the fleet still has tokens in leases
 /// (stranded), that none is once demand stays that far under, and that
-/// stranded tokens come back by themselves within seconds.
+/// stranded tokens come back by themselves once their leases sit idle.
+/// Windows of ten hours: the clock moves below without freeing a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_is_refused_under_the_limit_but_the_stranded_tokens() {
     let redis = RedisServer::start();
     let fleet = Fleet::start(3, || config(&redis)).await;
     let n = 1_000u32;
+    let window = Duration::from_secs(36_000);
     let mut stranded = Vec::new();
     let mut last = None;
     for _ in 0..8 {
         // Exactly the limit: every refusal is a token some lease still holds.
-        let (key, _) = fleet.key(n, Duration::from_secs(60), |_| {});
+        let (key, _) = fleet.key(n, window, |_| {});
         let before = fleet.leased();
         let (admitted, refused) = uneven_burst(&fleet, &key, n as usize).await;
         assert_eq!(refused, fleet.leased() - before, "refused = stranded");
@@ -193,26 +195,37 @@ async fn nothing_is_refused_under_the_limit_but_the_stranded_tokens() {
     let bound = u64::from(n) / 5;
     assert!(stranded[7] <= bound, "{stranded:?}");
     for _ in 0..5 {
-        let (key, _) = fleet.key(n, Duration::from_secs(60), |_| {});
+        let (key, _) = fleet.key(n, window, |_| {});
         let under = (u64::from(n) - bound) as usize;
         let (admitted, refused) = uneven_burst(&fleet, &key, under).await;
         assert_eq!((admitted, refused), (under as u64, 0));
     }
-    // Near the limit, a lease nobody spends goes back within two sweeps:
-    // the stranded tokens of the last run reach whoever asks.
+    // Leases nobody spends from go back after `LEASE_IDLE` (3 s; 1 s near
+    // the limit) by the cache's clock: the stranded tokens of the last run
+    // reach whoever asks. The clock moves a second at a time, so a sweep
+    // sees each lease's last count before it counts as idle; 20 s stay
+    // inside the leases' 30 s (past that they lapse, counted as spent).
     let (key, refused) = last.unwrap();
     let started = std::time::Instant::now();
+    let mut moved = Duration::ZERO;
     let mut admitted = 0;
     while admitted < refused {
         assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "{admitted} of {refused}"
+            started.elapsed() < Duration::from_secs(15),
+            "{admitted} of {refused} after {moved:?}"
         );
+        if moved < Duration::from_secs(20) {
+            fleet.clock.advance(Duration::from_secs(1));
+            moved += Duration::from_secs(1);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
         admitted += fleet.drain(0, &key).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(admitted, refused);
-    println!("stranded tokens back after {:?}", started.elapsed());
+    assert_eq!(admitted, refused, "no more than the stranded tokens");
+    for i in 0..3 {
+        assert_eq!(fleet.drain(i, &key).await, 0);
+    }
+    println!("stranded tokens back after {moved:?} by the cache's clock");
 }
 
 /// Two instances, steady traffic at half the limit (the window moves with
@@ -495,11 +508,12 @@ async fn redis_killed_mid_window_falls_back_then_is_exact_again() {
 
 /// A lease's tokens may be spent until 30 s after its last grant (by the
 /// cache's clock; a quota's never into the next month): a lapsed one is
-/// not, and the next request asks Redis.
+/// not, and the next request asks Redis. A take in its last 5 s renews it.
+/// Leases never sit idle long enough here to be given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lapsed_lease_is_not_spent() {
+async fn a_lapsed_lease_is_not_spent_and_one_in_use_is_renewed() {
     let redis = RedisServer::start();
-    let fleet = Fleet::start(1, || config(&redis)).await;
+    let fleet = Fleet::start(1, || config(&redis).lease_idle(Duration::from_secs(3600))).await;
     let none = RequiredScopes::none();
     let a = &fleet.caches[0];
     let (limited, _) = fleet.key(1_000, Duration::from_secs(3600), |_| {});
@@ -507,29 +521,38 @@ async fn a_lapsed_lease_is_not_spent() {
         r.rate_limit = None;
         r.monthly_quota = Some(1_000);
     });
-    for (key, lapse) in [
-        (&limited, Duration::from_secs(30)),
-        // 12:00 on the 10th: the month ends before 30 s do.
-        (&quota, Duration::from_secs(30)),
-    ] {
+    let ms = Duration::from_millis;
+    for key in [&limited, &quota] {
         assert!(a.verify_key(key, &none).await.is_valid());
         assert!(a.leased_tokens() > 1);
-        assert!(a.verify_key(key, &none).await.is_valid());
         let waits = a.stats().limit_waits;
-        fleet.clock.advance(lapse - Duration::from_millis(1));
+        // Not used in its last 5 s: it lapses 30 s after its grant.
+        fleet.clock.advance(ms(25_000 - 1));
         assert!(a.verify_key(key, &none).await.is_valid());
         assert_eq!(a.stats().limit_waits, waits, "still within the lease");
-        fleet.clock.advance(Duration::from_millis(1));
+        fleet.clock.advance(ms(5_000 + 1));
+        assert_eq!(a.leased_tokens(), 0, "lapsed");
         assert!(a.verify_key(key, &none).await.is_valid());
         assert_eq!(a.stats().limit_waits, waits + 1, "lapsed: Redis was asked");
+        // Used in its last 5 s: renewed in the background, so it outlives
+        // its first 30 s.
+        fleet.clock.advance(ms(25_000));
+        let held = a.leased_tokens();
+        assert!(a.verify_key(key, &none).await.is_valid());
+        wait_until("the renewal landed", || a.leased_tokens() >= held).await;
+        fleet.clock.advance(ms(5_000));
+        assert!(a.leased_tokens() > 0);
+        assert!(a.verify_key(key, &none).await.is_valid());
+        assert_eq!(a.stats().limit_waits, waits + 1, "renewed: no wait");
     }
-    // A quota's lease ends with the month.
+    // A quota's lease ends with the month, and is not renewed past it.
     fleet
         .clock
         .set(time::macros::datetime!(2030-05-31 23:59:50 UTC));
     let waits = a.stats().limit_waits;
-    assert!(a.verify_key(&quota, &none).await.is_valid());
-    assert!(a.verify_key(&quota, &none).await.is_valid());
+    for _ in 0..3 {
+        assert!(a.verify_key(&quota, &none).await.is_valid());
+    }
     assert_eq!(
         a.stats().limit_waits,
         waits + 1,
@@ -538,12 +561,9 @@ async fn a_lapsed_lease_is_not_spent() {
     fleet
         .clock
         .set(time::macros::datetime!(2030-06-01 0:00 UTC));
+    assert_eq!(a.leased_tokens(), 0, "May's tokens lapsed");
     assert!(a.verify_key(&quota, &none).await.is_valid());
-    assert_eq!(
-        a.stats().limit_waits,
-        waits + 2,
-        "June: May's tokens lapsed"
-    );
+    assert_eq!(a.stats().limit_waits, waits + 2, "June: a new lease");
 }
 
 /// A request waiting on a refill when its key's lease is dropped (here:
@@ -565,11 +585,10 @@ async fn a_request_waiting_when_its_lease_is_dropped_gets_its_token() {
     wait_until("b subscribed", || b.stats().subscribed).await;
     let none = RequiredScopes::none();
     let (key, record) = fleet.key(10, Duration::from_secs(3600), |_| {});
-    // B holds a lease, then gives it back (about to lapse): empty, with no
-    // refill under way.
+    // B holds a lease, then gives it back (idle for `LEASE_IDLE`): empty,
+    // with no refill under way.
     assert!(b.verify_key(&key, &none).await.is_valid());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    fleet.clock.advance(Duration::from_secs(26));
+    fleet.clock.advance(Duration::from_secs(4));
     wait_until("b gave its lease back", || {
         b.stats().lease_tokens_returned > 0
     })
@@ -634,4 +653,67 @@ async fn redis_knows_what_a_lease_holds() {
     })
     .await;
     assert!(a.leased_tokens() > 2);
+}
+
+/// A refill held up on the way to Redis across the end of a month: the
+/// request that queued behind it in June is not served with the May tokens
+/// it brings (they lapsed at midnight) but with a June token, counted in
+/// June.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refill_landing_after_midnight_serves_no_june_request_from_may() {
+    let redis = RedisServer::start();
+    let proxy =
+        support::hold_proxy::HoldProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap())
+            .await;
+    let fleet = Fleet::start(1, || config(&redis)).await;
+    let b = ApiKeyCache::builder(fleet.store.clone())
+        .config(config(&redis).redis_url(proxy.url()).build().unwrap())
+        .clock(fleet.clock.clone())
+        .build()
+        .unwrap();
+    wait_until("b subscribed", || b.stats().subscribed).await;
+    let none = RequiredScopes::none();
+    let (key, record) = fleet.key(1, Duration::from_secs(1), |r| {
+        r.rate_limit = None;
+        r.monthly_quota = Some(1_000);
+    });
+    fleet
+        .clock
+        .set(time::macros::datetime!(2030-05-31 23:59:50 UTC));
+    // A lease until midnight; spending it down starts a background refill,
+    // which is held up.
+    assert!(b.verify_key(&key, &none).await.is_valid());
+    proxy.hold();
+    let calls = b.stats().lease_calls;
+    while b.stats().lease_calls == calls {
+        assert!(b.leased_tokens() > 0, "no refill started");
+        assert!(b.verify_key(&key, &none).await.is_valid());
+        // The refill is spawned on this worker: let it start.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fleet
+        .clock
+        .set(time::macros::datetime!(2030-06-01 0:00 UTC));
+    let waiting = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move { b.verify_key(&key, &RequiredScopes::none()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "queued behind the refill");
+    proxy.release();
+    let outcome = waiting.await.unwrap();
+    assert!(outcome.is_valid(), "{outcome:?}");
+    // June counts the request, plus what this instance holds of June.
+    let june = format!("apikey-cache:quota:{{{}}}:2030-06", record.id);
+    let counted = || -> u64 {
+        redis::cmd("GET")
+            .arg(&june)
+            .query::<Option<u64>>(&mut redis.conn())
+            .unwrap()
+            .unwrap_or(0)
+    };
+    wait_until("June's count settled", || {
+        counted() == 1 + b.leased_tokens()
+    })
+    .await;
 }

@@ -20,15 +20,17 @@
 //!   The script gives less near the limit (at most a quarter of what is
 //!   left, shared among the key's holders; the last tokens one at a time).
 //! * **End.** Tokens may be spent for 30 s after the last grant (and never
-//!   into the next month, for quotas); refills extend that. A lease is given
-//!   back (unspent tokens return to the fleet, spent ones are reported) when
-//!   its key is invalidated here (revocation, suspension, any invalidation
-//!   this instance applies), when no cache entry uses it any more, after
-//!   about three seconds untouched (one if the key is near its limit: its
-//!   last refill got less than it asked for, or left the fleet few tokens),
-//!   a few seconds before it would lapse, and at shutdown. A lease that
-//!   cannot be given back (Redis away, a crash) ends at its `until`: its
-//!   tokens count as spent then, and a month's quota does not get them back.
+//!   into the next month, for quotas). A take in the last 5 s starts a
+//!   refill, which extends the lease: one in use does not lapse. A lease is
+//!   given back (unspent tokens return to the fleet, spent ones are
+//!   reported) when its key is invalidated here (revocation, suspension,
+//!   any invalidation this instance applies), when no cache entry uses it
+//!   any more, when no request spent from it for `LEASE_IDLE` (3 s by
+//!   default; a third of that if the key is near its limit: its last
+//!   refill got less than it asked for, or left the fleet few tokens), and
+//!   at shutdown. A lease that cannot be given back (Redis away, a crash)
+//!   ends at its `until`: its tokens count as spent then, and a month's
+//!   quota does not get them back.
 //! * **Faults.** Any failed limiter call bumps an epoch: every lease granted
 //!   before it stops answering (Redis may have lost what it knew), so with
 //!   Redis away every limited request goes to the per-instance fallback
@@ -67,6 +69,9 @@ use crate::KeyId;
 
 /// How long a lease's tokens may be spent after its last grant, in ms.
 const LEASE_TTL_MS: i64 = 30_000;
+/// A take this close to the lease's end starts a refill, which extends it:
+/// a lease in use does not lapse under its requests.
+const RENEW_BEFORE_MS: i64 = 5_000;
 /// A lease aims to last this long at this instance's rate for the key.
 const TARGET_SECS: f64 = 10.0;
 /// The first ask for a key: small, until its rate here is known.
@@ -105,10 +110,15 @@ pub(crate) struct Lease {
     /// it asked for, or left the fleet less than four times what this lease
     /// holds): idle tokens are given back sooner.
     pub(super) contended: AtomicBool,
-    /// `tokens` at the last sweep, and how many sweeps in a row found it
-    /// unchanged (only the sweeper reads and writes them).
+    /// A take from this time on (ms, the cache's clock) starts a refill that
+    /// extends the lease (`i64::MAX`: it cannot be extended, a quota's lease
+    /// ending with the month).
+    pub(super) renew_at_ms: AtomicI64,
+    /// `tokens` at the last sweep (only the sweeper reads and writes it).
     pub(super) seen: AtomicU64,
-    pub(super) untouched: AtomicU64,
+    /// When the lease was last seen in use: by a sweep that found `tokens`
+    /// changed, or by a refill (ms, the cache's clock).
+    quiet_since_ms: AtomicI64,
     pub(crate) key: LeaseKey,
     /// This lease's name in Redis: the instance id and a serial number.
     pub(super) holder: String,
@@ -164,8 +174,9 @@ impl Lease {
             low: AtomicU64::new(0),
             refilling: AtomicBool::new(false),
             contended: AtomicBool::new(false),
+            renew_at_ms: AtomicI64::new(i64::MAX),
             seen: AtomicU64::new(0),
-            untouched: AtomicU64::new(0),
+            quiet_since_ms: AtomicI64::new(0),
             key,
             holder,
             slow: Mutex::new(Slow {
@@ -193,7 +204,8 @@ impl Lease {
                 .compare_exchange_weak(t, t - 1, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
-                    let low = t - 1 <= self.low.load(Ordering::Relaxed)
+                    let low = (t - 1 <= self.low.load(Ordering::Relaxed)
+                        || now_ms >= self.renew_at_ms.load(Ordering::Relaxed))
                         && !self.refilling.load(Ordering::Relaxed);
                     return Some(low);
                 }
@@ -219,6 +231,16 @@ impl Lease {
     fn live(&self, now_ms: i64, epoch: u64) -> bool {
         now_ms < self.until_ms.load(Ordering::Acquire)
             && self.epoch.load(Ordering::Acquire) == epoch
+    }
+
+    /// Seen in use at `now_ms`.
+    pub(super) fn touch(&self, now_ms: i64) {
+        self.quiet_since_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// How long it has not been seen in use, at `now_ms`.
+    pub(super) fn quiet_for(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.quiet_since_ms.load(Ordering::Relaxed))
     }
 
     /// Tokens it holds, spendable or not.
@@ -273,6 +295,40 @@ impl Slow {
     }
 }
 
+/// A refill's answers, sent once its lock is released and `refilling`
+/// cleared: a request it wakes then sees the lease as it is, and its next
+/// take may start the following refill.
+#[derive(Default)]
+struct Outbox(Vec<(oneshot::Sender<Answer>, Answer, bool)>);
+
+impl Outbox {
+    /// `answer` for the oldest waiter, if any; `refund`: the token it was
+    /// given came from the lease, and goes back if its request gave up.
+    fn one(&mut self, slow: &mut Slow, answer: Answer, refund: bool) -> bool {
+        match slow.waiters.pop_front() {
+            Some(tx) => {
+                self.0.push((tx, answer, refund));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn all(&mut self, slow: &mut Slow, answer: impl Fn() -> Answer) {
+        for tx in slow.waiters.drain(..) {
+            self.0.push((tx, answer(), false));
+        }
+    }
+
+    fn deliver(self, lease: &Lease) {
+        for (tx, answer, refund) in self.0 {
+            if tx.send(answer).is_err() && refund {
+                lease.tokens.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
 impl Leases {
     /// The slow path: `lease` had no token for this request. Waits for the
     /// refill under way (or starts one), at most the configured patience.
@@ -309,8 +365,8 @@ impl Leases {
     pub(super) async fn refill(self: Arc<Self>, lease: Arc<Lease>) {
         let Some(l2) = self.l2.clone() else {
             let mut slow = lock(&lease.slow);
-            slow.answer_all(|| Answer::Unavailable);
             lease.refilling.store(false, Ordering::Release);
+            slow.answer_all(|| Answer::Unavailable);
             return;
         };
         let mut proto = lease.proto.lock().await;
@@ -321,8 +377,8 @@ impl Leases {
             let (need, want, held) = {
                 let mut slow = lock(&lease.slow);
                 if slow.dropped {
-                    slow.answer_all(|| Answer::Dropped);
                     lease.refilling.store(false, Ordering::Release);
+                    slow.answer_all(|| Answer::Dropped);
                     return;
                 }
                 let held = lease.held_now(now_ms, epoch);
@@ -333,11 +389,8 @@ impl Leases {
             };
             let month_end = next_month(now);
             let month_end_ms = unix_ms(month_end);
-            let until_ms = match lease.key.quota {
-                // Quota tokens belong to this month.
-                Some(_) => (now_ms + LEASE_TTL_MS).min(month_end_ms),
-                None => now_ms + LEASE_TTL_MS,
-            };
+            let limit_ms = lease_limit_ms(lease.key.quota.is_some(), month_end_ms);
+            let until_ms = (now_ms + LEASE_TTL_MS).min(limit_ms);
             proto.req += 1;
             let month = month_tag(now);
             let call = Call {
@@ -364,6 +417,7 @@ impl Leases {
             if result.is_err() {
                 self.failed();
             }
+            let mut out = Outbox::default();
             let mut slow = lock(&lease.slow);
             let again = if slow.dropped {
                 // The requests it was for get their tokens (they were judged
@@ -379,11 +433,9 @@ impl Leases {
                     _ => 0,
                 };
                 for _ in 0..now_tokens {
-                    if let Some(tx) = slow.waiters.pop_front() {
-                        let _ = tx.send(Answer::Granted);
-                    }
+                    out.one(&mut slow, Answer::Granted, false);
                 }
-                slow.answer_all(|| Answer::Dropped);
+                out.all(&mut slow, || Answer::Dropped);
                 false
             } else {
                 match result {
@@ -393,14 +445,15 @@ impl Leases {
                             want,
                             epoch,
                             until_ms,
+                            limit_ms,
                             month_end,
                             now,
                         };
-                        self.apply(&lease, &mut slow, reply, &grant)
+                        self.apply(&lease, &mut slow, reply, &grant, &mut out)
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "lease refill failed; limits are decided locally");
-                        slow.answer_all(|| Answer::Unavailable);
+                        out.all(&mut slow, || Answer::Unavailable);
                         false
                     }
                 }
@@ -409,13 +462,24 @@ impl Leases {
                 // Under the lock: a request queued after this sees no
                 // refill under way and starts one.
                 lease.refilling.store(false, Ordering::Release);
+            }
+            drop(slow);
+            out.deliver(&lease);
+            if !again {
                 return;
             }
         }
     }
 
     /// Applies a refill's reply; whether to call again (waiters left).
-    fn apply(&self, lease: &Lease, slow: &mut Slow, reply: Reply, grant: &Grant) -> bool {
+    fn apply(
+        &self,
+        lease: &Lease,
+        slow: &mut Slow,
+        reply: Reply,
+        grant: &Grant,
+        out: &mut Outbox,
+    ) -> bool {
         let (now_tokens, held, left, discard, refusal) = match reply {
             Reply::Granted {
                 now,
@@ -445,7 +509,7 @@ impl Leases {
                 )
             }
             Reply::Overtaken | Reply::Returned => {
-                slow.answer_all(|| Answer::Unavailable);
+                out.all(slow, || Answer::Unavailable);
                 return false;
             }
         };
@@ -454,32 +518,37 @@ impl Leases {
         }
         // Redis extended the lease (every token held) to `until`.
         lease.until_ms.store(grant.until_ms, Ordering::Release);
+        let renew_at = if grant.until_ms < grant.limit_ms {
+            grant.until_ms - RENEW_BEFORE_MS
+        } else {
+            i64::MAX
+        };
+        lease.renew_at_ms.store(renew_at, Ordering::Relaxed);
         lease.epoch.store(grant.epoch, Ordering::Release);
         lease.tokens.fetch_add(held, Ordering::AcqRel);
         // Tokens charged as spent now: one per waiter, oldest first. One
         // whose request gave up is lost (it was charged).
         for _ in 0..now_tokens {
-            match slow.waiters.pop_front() {
-                Some(tx) => {
-                    let _ = tx.send(Answer::Granted);
-                }
-                None => break,
+            if !out.one(slow, Answer::Granted, false) {
+                break;
             }
         }
         // Waiters that queued while the call was out come before new
-        // requests: they take from the prefetch first.
-        while !slow.waiters.is_empty() && lease.take(unix_ms(grant.now), grant.epoch).is_some() {
-            if let Some(tx) = slow.waiters.pop_front() {
-                if tx.send(Answer::Granted).is_err() {
-                    lease.tokens.fetch_add(1, Ordering::AcqRel);
-                }
-            }
+        // requests: they take from the prefetch first, if it may still be
+        // spent now (a slow call may land past its month's end).
+        let now_ms = self.now_ms();
+        while !slow.waiters.is_empty() && lease.take(now_ms, grant.epoch).is_some() {
+            out.one(slow, Answer::Granted, true);
         }
         let after = lease.tokens.load(Ordering::Acquire);
         lease.low.store(
             low_water(after, self.settings.refill_threshold),
             Ordering::Relaxed,
         );
+        // In use as of now: the sweeps measure idleness from here, or from
+        // the first one that finds the count changed.
+        lease.seen.store(after, Ordering::Relaxed);
+        lease.touch(unix_ms(grant.now));
         slow.base = after;
         slow.since = Some(Instant::now());
         slow.left = left;
@@ -488,7 +557,7 @@ impl Leases {
             .store(contended(held, grant.want, left, after), Ordering::Relaxed);
         match refusal {
             Some(decision) => {
-                slow.answer_all(|| Answer::Refused(decision.clone()));
+                out.all(slow, || Answer::Refused(decision.clone()));
                 false
             }
             // Every waiter counted in this call was served: those left
@@ -551,6 +620,15 @@ impl Leases {
     }
 }
 
+/// The latest end a lease may have: a quota's tokens belong to their month.
+fn lease_limit_ms(quota: bool, month_end_ms: i64) -> i64 {
+    if quota {
+        month_end_ms
+    } else {
+        i64::MAX
+    }
+}
+
 /// The tokens left at which a lease of `after` tokens asks for a refill:
 /// `threshold` percent of it.
 fn low_water(after: u64, threshold: u8) -> u64 {
@@ -581,6 +659,8 @@ struct Grant {
     want: u64,
     epoch: u64,
     until_ms: i64,
+    /// No refill extends the lease past this (ms).
+    limit_ms: i64,
     month_end: OffsetDateTime,
     now: OffsetDateTime,
 }

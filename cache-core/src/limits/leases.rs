@@ -15,13 +15,9 @@ use crate::l2::L2;
 use crate::usage::Map;
 use crate::{Clock, KeyHash, KeyRecord, KeyStatus};
 
-/// A lease is given back this long before it would lapse unused, in ms.
-const GIVE_BACK_BEFORE_MS: i64 = 5_000;
-/// How often leases are swept (given back when unused or about to lapse).
+/// How often leases are swept (given back when no request spent from them
+/// for `LeaseSettings::idle`).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Sweeps in a row that find a lease untouched before it is given back (one
-/// if the key is near its limit).
-const IDLE_SWEEPS: u64 = 3;
 /// Registry shards.
 const SHARDS: usize = 16;
 
@@ -49,6 +45,9 @@ pub(crate) struct LeaseSettings {
     /// How long a waiting request waits for a refill before deciding
     /// locally.
     pub(crate) patience: Duration,
+    /// A lease no request spent from for this long (by the cache's clock)
+    /// is given back; a third of it when the key is near its limit.
+    pub(crate) idle: Duration,
 }
 
 /// Every lease of this instance, by key hash, and what they need to reach
@@ -250,13 +249,16 @@ impl Leases {
         }
     }
 
-    /// Gives back leases that no cache entry uses any more, leases about to
-    /// lapse, and leases no request took a token of for [`IDLE_SWEEPS`]
-    /// sweeps (one if the key is near its limit: the last refill got less
-    /// than it asked, or left the fleet few tokens). So tokens stranded here
-    /// while other instances are refused come back within seconds.
+    /// Drops leases that no cache entry uses any more, and gives back the
+    /// tokens of leases no request spent from for the idle time (a third of
+    /// it if the key is near its limit: the last refill got less than it
+    /// asked, or left the fleet few tokens), so tokens stranded here while
+    /// other instances are refused come back within seconds. Idleness is
+    /// measured by the cache's clock from the last sweep that saw the
+    /// lease's count change, or its last refill, whichever is later.
     fn sweep(self: &Arc<Self>) {
         let now_ms = self.now_ms();
+        let idle_ms = i64::try_from(self.settings.idle.as_millis()).unwrap_or(i64::MAX);
         for shard in &self.shards {
             let mut orphans = Vec::new();
             let mut idle = Vec::new();
@@ -266,23 +268,20 @@ impl Leases {
                     orphans.push(lease.clone());
                     return false;
                 }
-                let until = lease.until_ms.load(Ordering::Acquire);
                 let tokens = lease.tokens();
-                let untouched = if lease.seen.swap(tokens, Ordering::Relaxed) == tokens {
-                    lease.untouched.fetch_add(1, Ordering::Relaxed) + 1
-                } else {
-                    lease.untouched.store(0, Ordering::Relaxed);
-                    0
-                };
+                if lease.seen.swap(tokens, Ordering::Relaxed) != tokens {
+                    lease.touch(now_ms);
+                    return true;
+                }
                 let patience = if lease.contended.load(Ordering::Relaxed) {
-                    1
+                    idle_ms / 3
                 } else {
-                    IDLE_SWEEPS
+                    idle_ms
                 };
-                if until != i64::MIN
-                    && (until - now_ms <= GIVE_BACK_BEFORE_MS
-                        || (tokens > 0 && untouched >= patience))
-                {
+                let until = lease.until_ms.load(Ordering::Acquire);
+                // A lapsed lease's tokens are spent as far as Redis knows:
+                // nothing to give back.
+                if tokens > 0 && now_ms < until && lease.quiet_for(now_ms) >= patience {
                     idle.push(lease.clone());
                 }
                 true
