@@ -474,6 +474,14 @@ async fn redis_killed_mid_window_falls_back_then_is_exact_again() {
         assert!(cache.stats().limit_local_decisions > 0);
         assert_eq!(cache.leased_tokens(), 0, "no lease spent with Redis down");
         assert_eq!(cache.health().await.status, HealthStatus::Degraded);
+        // The breaker is open: requests are decided here at once, without
+        // a refill attempt each.
+        let (calls, waits) = (cache.stats().lease_calls, cache.stats().limit_waits);
+        for _ in 0..20 {
+            assert!(cache.verify_key(&key, &none).await.is_valid());
+        }
+        assert_eq!(cache.stats().lease_calls, calls);
+        assert_eq!(cache.stats().limit_waits, waits);
     }
     redis.restart();
     for cache in &fleet.caches {

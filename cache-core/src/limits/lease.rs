@@ -333,6 +333,11 @@ impl Leases {
     /// The slow path: `lease` had no token for this request. Waits for the
     /// refill under way (or starts one), at most the configured patience.
     pub(crate) async fn wait(self: &Arc<Self>, lease: &Arc<Lease>) -> Answer {
+        // Redis is known to be away: no refill could land, and one per
+        // request would cost a task each.
+        if self.l2.as_ref().is_some_and(|l2| !l2.breaker.allows()) {
+            return Answer::Unavailable;
+        }
         let rx = {
             let mut slow = lock(&lease.slow);
             if slow.dropped {
@@ -704,6 +709,19 @@ mod tests {
         assert_eq!(l.tokens(), 0);
         let never = Lease::new(l.key.clone(), "h".into());
         assert_eq!(never.take(0, 0), None, "never granted");
+    }
+
+    #[test]
+    fn a_take_near_the_end_asks_for_a_renewal() {
+        let l = lease(10, 1000, 7, 2);
+        l.renew_at_ms.store(900, Ordering::Relaxed);
+        assert_eq!(l.take(899, 7), Some(false));
+        assert_eq!(l.take(900, 7), Some(true), "in its last stretch");
+        l.refilling.store(true, Ordering::Relaxed);
+        assert_eq!(l.take(950, 7), Some(false), "a refill is under way");
+        // A quota's lease that ends with the month is not renewed.
+        assert_eq!(lease_limit_ms(true, 5_000), 5_000);
+        assert_eq!(lease_limit_ms(false, 5_000), i64::MAX);
     }
 
     #[test]

@@ -333,3 +333,89 @@ pub(crate) async fn sweeper(leases: Weak<Leases>) {
         leases.sweep();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManualClock;
+
+    fn leases(clock: Arc<ManualClock>) -> Arc<Leases> {
+        let settings = LeaseSettings {
+            enabled: true,
+            max_tokens: 1000,
+            refill_threshold: 50,
+            prefix: "p:".into(),
+            instance_id: "i".into(),
+            patience: Duration::from_millis(100),
+            idle: Duration::from_secs(3),
+        };
+        Arc::new(Leases::new(
+            settings,
+            Arc::new(LimitScript::new()),
+            None,
+            clock,
+        ))
+    }
+
+    /// A lease in the registry, as a refill leaves it: `tokens` until
+    /// `until_ms`, Redis told of them.
+    fn held(leases: &Leases, tokens: u64, until_ms: i64) -> Arc<Lease> {
+        let key = LeaseKey {
+            id: crate::KeyId::from("k"),
+            owner: "o".into(),
+            gcra: Some(Gcra { n: 10, p: 1000 }),
+            quota: None,
+        };
+        let lease = Arc::new(Lease::new(key, "h".into()));
+        lease.tokens.store(tokens, Ordering::Relaxed);
+        lease.until_ms.store(until_ms, Ordering::Relaxed);
+        lock(&lease.slow).settled = false;
+        let hash = KeyHash::from_bytes([tokens as u8; 32]);
+        lock(leases.shard(&hash)).insert(hash, lease.clone());
+        lease
+    }
+
+    #[test]
+    fn idle_leases_are_given_back_by_the_caches_clock() {
+        let clock = Arc::new(ManualClock::new(
+            time::macros::datetime!(2030-01-01 0:00 UTC),
+        ));
+        let leases = leases(clock.clone());
+        let far = leases.now_ms() + 60_000;
+        let calm = held(&leases, 5, far);
+        let near = held(&leases, 6, far);
+        near.contended.store(true, Ordering::Relaxed);
+        let lapsing = held(&leases, 7, leases.now_ms() + 2_000);
+        // The first sweep sees them in use.
+        leases.sweep();
+        clock.advance(Duration::from_millis(999));
+        leases.sweep();
+        assert_eq!((calm.tokens(), near.tokens()), (5, 6));
+        clock.advance(Duration::from_millis(1));
+        leases.sweep();
+        assert_eq!(near.tokens(), 0, "near its limit: a third of the idle time");
+        assert!(lock(&near.slow).settled);
+        clock.advance(Duration::from_millis(1_999));
+        leases.sweep();
+        assert_eq!(calm.tokens(), 5);
+        // A take counts as use: idleness starts again.
+        assert!(calm.take(leases.now_ms(), 0).is_some());
+        clock.advance(Duration::from_millis(1));
+        leases.sweep();
+        clock.advance(Duration::from_millis(2_999));
+        leases.sweep();
+        assert_eq!(calm.tokens(), 4);
+        clock.advance(Duration::from_millis(1));
+        leases.sweep();
+        assert_eq!(calm.tokens(), 0, "idle for 3 s");
+        // Lapsed before it went idle: its tokens count as spent, and stay.
+        assert_eq!(lapsing.tokens(), 7);
+        // A lease no entry holds any more is dropped.
+        drop(calm);
+        leases.sweep();
+        assert_eq!(
+            leases.shards.iter().map(|s| lock(s).len()).sum::<usize>(),
+            2
+        );
+    }
+}
