@@ -44,7 +44,7 @@
 //! | `LEASES` | `on` | rate-limited keys answered from L1 with token leases (`on` or `off`: a Redis round trip per request) |
 //! | `LEASE_MAX_TOKENS` | `1000` | the most tokens one lease holds (1 to 1000000) |
 //! | `LEASE_REFILL_THRESHOLD` | `50` | refill a lease in the background once this percentage of it is left (0 to 100; 0: only when empty) |
-//! | `LEASE_IDLE` | `3s` | a lease no request spent from for this long gives its tokens back (a third of it when the key is near its limit; 100ms to 1h) |
+//! | `LEASE_IDLE` | `10s` | a lease no request spent from for this long gives its tokens back (a tenth of it when the key is near its limit; 100ms to 1h) |
 //!
 //! **Token leases** (`limits/lease.rs`): an instance takes a batch of a
 //! rate-limited key's tokens (and of its monthly quota) from Redis in one
@@ -190,7 +190,7 @@ pub struct CacheConfig {
     /// left (0 to 100; 0: only once it is empty).
     pub lease_refill_threshold: u8,
     /// A lease no request spent from for this long gives its tokens back to
-    /// the fleet (a third of it when the key is near its limit); 100 ms to
+    /// the fleet (a tenth of it when the key is near its limit); 100 ms to
     /// 1 h. Shorter strands fewer tokens when traffic moves to other
     /// instances; longer saves Redis calls for keys used in bursts. A lease
     /// lasts 30 s after its last refill: past that, idle tokens lapse
@@ -227,7 +227,7 @@ impl Default for CacheConfig {
             leases: true,
             lease_max_tokens: 1000,
             lease_refill_threshold: 50,
-            lease_idle: Duration::from_secs(3),
+            lease_idle: Duration::from_secs(10),
         }
     }
 }
@@ -752,7 +752,7 @@ impl CacheConfigBuilder {
         /// default 50).
         lease_refill_threshold: u8,
         /// Give an untouched lease's tokens back after this long (100 ms to
-        /// 1 h; default 3 s).
+        /// 1 h; default 10 s).
         lease_idle: Duration,
     }
 
@@ -891,7 +891,7 @@ mod tests {
         assert!(!c.leases);
         assert_eq!((c.lease_max_tokens, c.lease_refill_threshold), (10_000, 0));
         assert_eq!(c.lease_idle, Duration::from_millis(500));
-        assert_eq!(d.lease_idle, Duration::from_secs(3));
+        assert_eq!(d.lease_idle, Duration::from_secs(10));
         for on in ["on", "ON", "true", "1", "yes"] {
             assert!(
                 CacheConfig::from_vars([("APIKEY_CACHE_LEASES", on)])

@@ -67,9 +67,9 @@
 //! requests only; health shows Redis as down meanwhile. A fleet of N
 //! instances then lets up to N times the limit through: the alternative,
 //! refusing every limited request while Redis is away, would turn a cache
-//! outage into an API outage. A failed call also retires every lease of the
-//! instance (Redis may come back without them), so the fallback decides
-//! until Redis answers again.
+//! outage into an API outage. A call that fails other than by a timeout
+//! also retires every lease of the instance (Redis may come back without
+//! them), so the fallback decides until Redis answers again.
 
 mod lease;
 mod leases;
@@ -317,7 +317,7 @@ impl Limiter {
                 }
                 Ok(other) => tracing::warn!(?other, "unexpected limiter reply; using local limits"),
                 Err(e) => {
-                    self.leases.failed();
+                    self.leases.failed(&e);
                     tracing::debug!(error = %e, "redis limiter unavailable; using local limits")
                 }
             }
@@ -379,7 +379,7 @@ mod tests {
             prefix: "p:".into(),
             instance_id: "i".into(),
             patience: Duration::from_millis(100),
-            idle: Duration::from_secs(3),
+            idle: Duration::from_secs(10),
         };
         Limiter::new(settings, None, Arc::new(crate::SystemClock))
     }

@@ -12,9 +12,12 @@
 //!   refill (single flight per key). A request that finds the lease empty
 //!   queues behind that refill (or starts it) and is served first from what
 //!   it brings: the only requests that wait for Redis, under the usual
-//!   timeout and breaker ([`LeaseStats::waits`]).
+//!   timeout and breaker ([`LeaseStats::waits`]). At most 32 background
+//!   refills are in flight per instance (keys that run low together would
+//!   otherwise queue thousands of scripts in Redis at once and time out
+//!   behind each other); past that, a take leaves the refill to a later one.
 //! * **Size.** The first lease of a key holds a few tokens; each refill asks
-//!   for this instance's rate for the key times ten seconds: at once if that
+//!   for this instance's rate for the key times 25 seconds: at once if that
 //!   is a small part (1/64) of what the fleet had left, else at most 1.5
 //!   times the last ask. A lease never holds more than `lease_max_tokens`.
 //!   The script gives less near the limit (at most a quarter of what is
@@ -25,31 +28,39 @@
 //!   given back (unspent tokens return to the fleet, spent ones are
 //!   reported) when its key is invalidated here (revocation, suspension,
 //!   any invalidation this instance applies), when no cache entry uses it
-//!   any more, when no request spent from it for `LEASE_IDLE` (3 s by
-//!   default; a third of that if the key is near its limit: its last
+//!   any more, when no request spent from it for `LEASE_IDLE` (10 s by
+//!   default; a tenth of that if the key is near its limit: its last
 //!   refill got less than it asked for, or left the fleet few tokens), and
 //!   at shutdown. A lease that cannot be given back (Redis away, a crash)
 //!   ends at its `until`: its tokens count as spent then, and a month's
 //!   quota does not get them back.
-//! * **Faults.** Any failed limiter call bumps an epoch: every lease granted
-//!   before it stops answering (Redis may have lost what it knew), so with
-//!   Redis away every limited request goes to the per-instance fallback
-//!   (`limits.rs`), as without leases, and leases start afresh when it is
-//!   back. Requests waiting on a refill when their lease is dropped (an
-//!   invalidation) get what that refill brings for them, or one call each:
-//!   they were judged before the invalidation, like any request already
-//!   past L1. No request judged after it spends a token of the old lease.
+//! * **Faults.** A failed limiter call other than a timeout (a broken
+//!   connection, an error reply, the breaker open) bumps an epoch: every
+//!   lease granted before it stops answering (Redis may have lost what it
+//!   knew), so with Redis away every limited request goes to the
+//!   per-instance fallback (`limits.rs`), as without leases, and leases
+//!   start afresh when it is back. A timeout leaves the leases: Redis is
+//!   slow, not gone, and what a lost reply granted is taken back at the
+//!   lease's next call (`script.rs`); retiring them all would send every
+//!   limited key to a slow Redis at once. While the breaker is open, a
+//!   request that finds no token is decided locally at once, without
+//!   trying a refill. Requests waiting on a refill when their lease is
+//!   dropped (an invalidation) get what that refill brings for them, or one
+//!   call each: they were judged before the invalidation, like any request
+//!   already past L1. No request judged after it spends a token of the old
+//!   lease.
 //!
 //! **What a refusal says.** A request is refused when this instance holds no
 //! token and Redis has none left to give: `RateLimit-Remaining: 0` (the
 //! bucket is empty), and `Retry-After` assumes every token other instances
-//! hold is spent now. Other instances may then still hold tokens (*stranded* ones, if
-//! their traffic stopped): each at most `lease_max_tokens`, and at most what
-//! the script's shrinking allowed when they last refilled. Measured with
-//! three instances and a burst of exactly the limit that stops dead
-//! (`tests/leases.rs`): 2 to 25 of 1000 (a debug build), and back to the
-//! fleet within about three seconds; with demand continuing everywhere,
-//! none. `Retry-After` is exact when no other instance holds tokens (as
+//! hold is spent now. Other instances may then still hold tokens
+//! (*stranded* ones, if their traffic stopped): each at most
+//! `lease_max_tokens`, and at most what the script's shrinking allowed when
+//! they last refilled. Measured with three instances and a burst of exactly
+//! the limit that stops dead (`tests/leases.rs`): 2 to 25 of 1000 (a debug
+//! build), back to the fleet once their leases sit idle for `LEASE_IDLE`
+//! (a tenth of it near the limit, so 1 s by default), plus up to a second
+//! for the sweep; with demand continuing everywhere, none. `Retry-After` is exact when no other instance holds tokens (as
 //! without leases); otherwise a token may free up sooner (they give theirs
 //! back) or later (they spend them later than now), and other clients may
 //! take it first, as with any shared limit.
@@ -73,7 +84,7 @@ const LEASE_TTL_MS: i64 = 30_000;
 /// a lease in use does not lapse under its requests.
 const RENEW_BEFORE_MS: i64 = 5_000;
 /// A lease aims to last this long at this instance's rate for the key.
-const TARGET_SECS: f64 = 10.0;
+const TARGET_SECS: f64 = 25.0;
 /// The first ask for a key: small, until its rate here is known.
 const FIRST_WANT: u64 = 4;
 /// An ask of at most this fraction of what the fleet has left is made at
@@ -334,8 +345,9 @@ impl Leases {
     /// refill under way (or starts one), at most the configured patience.
     pub(crate) async fn wait(self: &Arc<Self>, lease: &Arc<Lease>) -> Answer {
         // Redis is known to be away: no refill could land, and one per
-        // request would cost a task each.
+        // request would cost a task each. What it knew may be lost.
         if self.l2.as_ref().is_some_and(|l2| !l2.breaker.allows()) {
+            self.retire_all();
             return Answer::Unavailable;
         }
         let rx = {
@@ -419,8 +431,8 @@ impl Leases {
             };
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
             let result = self.script.run(&l2, &call).await;
-            if result.is_err() {
-                self.failed();
+            if let Err(e) = &result {
+                self.failed(e);
             }
             let mut out = Outbox::default();
             let mut slow = lock(&lease.slow);
@@ -617,7 +629,7 @@ impl Leases {
                     }
                 }
                 Err(e) => {
-                    this.failed();
+                    this.failed(&e);
                     tracing::debug!(error = %e, "lease give-back failed; its tokens lapse");
                 }
             }
@@ -762,26 +774,26 @@ mod tests {
     async fn the_ask_follows_the_rate_and_grows_gently_near_the_limit() {
         let mut slow = Slow::default();
         assert_eq!(slow.want(0, 0, 1000), FIRST_WANT, "rate unknown");
-        // 40 spent in one second: 400 to last ten seconds.
+        // 40 spent in four seconds: 250 to last 25 s.
         slow.since = Some(Instant::now());
         slow.base = 50;
-        tokio::time::advance(Duration::from_secs(1)).await;
-        slow.left = Some(400 * FAR);
-        assert_eq!(slow.want(10, 0, 1000), 400, "far from the limit: at once");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        slow.left = Some(250 * FAR);
+        assert_eq!(slow.want(10, 0, 1000), 250, "far from the limit: at once");
         assert_eq!(
-            slow.want(10, 0, 300),
-            290,
+            slow.want(10, 0, 200),
+            190,
             "within the maximum, held included"
         );
         // Nearer: at most 1.5 times the last ask.
         slow.last_want = 20;
-        slow.left = Some(400 * FAR - 1);
+        slow.left = Some(250 * FAR - 1);
         assert_eq!(slow.want(10, 0, 1000), 30);
         slow.last_want = 1;
         assert_eq!(slow.want(10, 0, 1000), FIRST_WANT, "never below the first");
         // Waiters count as spent; nothing spent still asks for one.
         slow.left = None;
-        assert_eq!(slow.want(50, 3, 1000), 30);
+        assert_eq!(slow.want(50, 3, 1000), 19, "3 in 4 s, for 25 s");
         assert_eq!(slow.want(50, 0, 1000), 1);
     }
 }

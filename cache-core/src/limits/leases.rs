@@ -4,20 +4,31 @@
 //! shutdown, and a sweep once a second (leases no entry uses, idle ones,
 //! ones about to lapse).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::lease::{lock, Answer, Lease, LeaseKey};
 use super::script::LimitScript;
 use super::Gcra;
-use crate::l2::L2;
+use crate::l2::{L2Error, L2};
 use crate::usage::Map;
 use crate::{Clock, KeyHash, KeyRecord, KeyStatus};
 
 /// How often leases are swept (given back when no request spent from them
 /// for `LeaseSettings::idle`).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Near its limit, a lease is idle after `idle / NEAR_LIMIT_DIVISOR`: there
+/// its tokens are what other instances are refused for, while far from it
+/// they are nobody's loss, and giving them back would only make the key's
+/// next request here wait.
+const NEAR_LIMIT_DIVISOR: i64 = 10;
+/// Background refills (prefetches, renewals) in flight at most. Keys whose
+/// leases run low together (a fresh instance's first seconds, renewals
+/// falling due together) would otherwise send Redis thousands of scripts
+/// at once and time out behind each other; past the cap, a take that would
+/// start one leaves it to a later take.
+const MAX_PREFETCHES: usize = 32;
 /// Registry shards.
 const SHARDS: usize = 16;
 
@@ -46,7 +57,7 @@ pub(crate) struct LeaseSettings {
     /// locally.
     pub(crate) patience: Duration,
     /// A lease no request spent from for this long (by the cache's clock)
-    /// is given back; a third of it when the key is near its limit.
+    /// is given back; a tenth of it when the key is near its limit.
     pub(crate) idle: Duration,
 }
 
@@ -61,6 +72,8 @@ pub(crate) struct Leases {
     epoch: AtomicU64,
     /// Shut down: no new leases.
     closed: AtomicBool,
+    /// Background refills in flight (see [`MAX_PREFETCHES`]).
+    prefetches: AtomicUsize,
     pub(super) script: Arc<LimitScript>,
     pub(super) l2: Option<Arc<L2>>,
     pub(super) clock: Arc<dyn Clock>,
@@ -82,6 +95,7 @@ impl Leases {
             serial: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            prefetches: AtomicUsize::new(0),
             script,
             l2,
             clock,
@@ -104,9 +118,21 @@ impl Leases {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// A limiter call failed: Redis may have lost what it knew of every
-    /// lease, so none is spent any more.
-    pub(crate) fn failed(&self) {
+    /// A limiter call failed with `e`. Unless it only timed out, Redis may
+    /// have lost what it knew of every lease (a restart, a failover), so
+    /// none is spent any more. A timeout alone leaves them: Redis was slow,
+    /// not gone (a crash or restart breaks the connection, which fails
+    /// otherwise), and a reply it lost is made good at the lease's next
+    /// call. Retiring every lease on one slow reply would send every
+    /// limited key to Redis at once, when it is slow.
+    pub(crate) fn failed(&self, e: &L2Error) {
+        if !matches!(e, L2Error::Timeout) {
+            self.retire_all();
+        }
+    }
+
+    /// No lease granted before now is spent any more.
+    pub(crate) fn retire_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -170,10 +196,25 @@ impl Leases {
         }
     }
 
+    /// Starts a background refill of `lease` (a prefetch or a renewal),
+    /// unless one is under way or [`MAX_PREFETCHES`] are: then the next
+    /// take asks again. A request that finds its lease empty never waits
+    /// for this cap (`Leases::wait` starts its refill regardless).
     fn refill_soon(self: &Arc<Self>, lease: &Arc<Lease>) {
-        if !lease.refilling.swap(true, Ordering::AcqRel)
-            && self.spawn(self.clone().refill(lease.clone())).is_none()
+        if self.prefetches.load(Ordering::Relaxed) >= MAX_PREFETCHES
+            || lease.refilling.swap(true, Ordering::AcqRel)
         {
+            return;
+        }
+        self.prefetches.fetch_add(1, Ordering::AcqRel);
+        let this = self.clone();
+        let refill = this.clone().refill(lease.clone());
+        let task = async move {
+            refill.await;
+            this.prefetches.fetch_sub(1, Ordering::AcqRel);
+        };
+        if self.spawn(task).is_none() {
+            self.prefetches.fetch_sub(1, Ordering::AcqRel);
             lease.refilling.store(false, Ordering::Release);
         }
     }
@@ -250,7 +291,7 @@ impl Leases {
     }
 
     /// Drops leases that no cache entry uses any more, and gives back the
-    /// tokens of leases no request spent from for the idle time (a third of
+    /// tokens of leases no request spent from for the idle time (a tenth of
     /// it if the key is near its limit: the last refill got less than it
     /// asked, or left the fleet few tokens), so tokens stranded here while
     /// other instances are refused come back within seconds. Idleness is
@@ -274,7 +315,7 @@ impl Leases {
                     return true;
                 }
                 let patience = if lease.contended.load(Ordering::Relaxed) {
-                    idle_ms / 3
+                    idle_ms / NEAR_LIMIT_DIVISOR
                 } else {
                     idle_ms
                 };
@@ -347,7 +388,7 @@ mod tests {
             prefix: "p:".into(),
             instance_id: "i".into(),
             patience: Duration::from_millis(100),
-            idle: Duration::from_secs(3),
+            idle: Duration::from_secs(10),
         };
         Arc::new(Leases::new(
             settings,
@@ -393,21 +434,21 @@ mod tests {
         assert_eq!((calm.tokens(), near.tokens()), (5, 6));
         clock.advance(Duration::from_millis(1));
         leases.sweep();
-        assert_eq!(near.tokens(), 0, "near its limit: a third of the idle time");
+        assert_eq!(near.tokens(), 0, "near its limit: a tenth of the idle time");
         assert!(lock(&near.slow).settled);
-        clock.advance(Duration::from_millis(1_999));
+        clock.advance(Duration::from_millis(8_999));
         leases.sweep();
         assert_eq!(calm.tokens(), 5);
         // A take counts as use: idleness starts again.
         assert!(calm.take(leases.now_ms(), 0).is_some());
         clock.advance(Duration::from_millis(1));
         leases.sweep();
-        clock.advance(Duration::from_millis(2_999));
+        clock.advance(Duration::from_millis(9_999));
         leases.sweep();
         assert_eq!(calm.tokens(), 4);
         clock.advance(Duration::from_millis(1));
         leases.sweep();
-        assert_eq!(calm.tokens(), 0, "idle for 3 s");
+        assert_eq!(calm.tokens(), 0, "idle for 10 s");
         // Lapsed before it went idle: its tokens count as spent, and stay.
         assert_eq!(lapsing.tokens(), 7);
         // A lease no entry holds any more is dropped.
