@@ -725,3 +725,74 @@ async fn a_refill_landing_after_midnight_serves_no_june_request_from_may() {
     })
     .await;
 }
+
+/// A refill that times out (Redis slow, here held up on the way) leaves the
+/// lease's tokens spendable: a timeout is not a lost Redis. What the late
+/// call granted when it did run is taken back at the next call, so the
+/// fleet still admits exactly the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refill_that_times_out_keeps_the_lease() {
+    let redis = RedisServer::start();
+    let proxy =
+        support::hold_proxy::HoldProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap())
+            .await;
+    let fleet = Fleet::start(1, || config(&redis)).await;
+    let b = ApiKeyCache::builder(fleet.store.clone())
+        .config(
+            config(&redis)
+                .redis_url(proxy.url())
+                .redis_timeout(Duration::from_millis(100))
+                .build()
+                .unwrap(),
+        )
+        .clock(fleet.clock.clone())
+        .build()
+        .unwrap();
+    wait_until("b subscribed", || b.stats().subscribed).await;
+    let none = RequiredScopes::none();
+    let (key, _) = fleet.key(10, Duration::from_secs(3600), |_| {});
+    assert!(b.verify_key(&key, &none).await.is_valid());
+    let held = b.leased_tokens();
+    assert!(held >= 2, "{held}");
+    // Spending down to the refill threshold starts a refill, held up until
+    // it times out.
+    proxy.hold();
+    let calls = b.stats().lease_calls;
+    let mut admitted = 1;
+    while b.stats().lease_calls == calls {
+        assert!(b.leased_tokens() > 1, "no refill started");
+        assert!(b.verify_key(&key, &none).await.is_valid());
+        admitted += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = b.leased_tokens();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.leased_tokens(), left, "the lease outlived the timeout");
+    while b.leased_tokens() > 0 {
+        assert!(b.verify_key(&key, &none).await.is_valid());
+        admitted += 1;
+    }
+    assert_eq!(
+        b.stats().limit_local_decisions,
+        0,
+        "every one from the lease"
+    );
+    proxy.release();
+    // Exactly the limit, over both instances, once the late call landed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        admitted += fleet.drain(0, &key).await;
+        let mut more = 0;
+        loop {
+            match b.verify_key(&key, &none).await {
+                Outcome::Valid(_) => more += 1,
+                Outcome::RateLimited(_) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        admitted += more;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(admitted, 10, "exactly the limit");
+    assert_eq!(b.stats().limit_local_decisions, 0);
+}

@@ -54,6 +54,18 @@ pub(crate) enum L2Error {
     Redis(#[from] redis::RedisError),
 }
 
+impl L2Error {
+    /// Redis did not answer in time: ours, or redis-rs's own response
+    /// timeout (set to the same budget), which fires first.
+    pub(crate) fn is_timeout(&self) -> bool {
+        match self {
+            Self::Timeout => true,
+            Self::Redis(e) => e.is_timeout(),
+            Self::BreakerOpen => false,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct L2Stats {
     pub(crate) hits: AtomicU64,

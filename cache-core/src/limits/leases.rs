@@ -126,7 +126,7 @@ impl Leases {
     /// call. Retiring every lease on one slow reply would send every
     /// limited key to Redis at once, when it is slow.
     pub(crate) fn failed(&self, e: &L2Error) {
-        if !matches!(e, L2Error::Timeout) {
+        if !e.is_timeout() {
             self.retire_all();
         }
     }
