@@ -796,3 +796,25 @@ async fn a_refill_that_times_out_keeps_the_lease() {
     assert_eq!(admitted, 10, "exactly the limit");
     assert_eq!(b.stats().limit_local_decisions, 0);
 }
+
+/// Redis restarted, empty, with no limiter call in between to fail: the
+/// subscriber's reconnection retires every lease (their tokens are no
+/// longer charged in Redis), and the next request asks Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_retires_the_leases() {
+    let mut redis = RedisServer::start();
+    let fleet = Fleet::start(1, || config(&redis)).await;
+    let none = RequiredScopes::none();
+    let a = &fleet.caches[0];
+    let (key, _) = fleet.key(1_000, Duration::from_secs(3600), |_| {});
+    assert!(a.verify_key(&key, &none).await.is_valid());
+    assert!(a.leased_tokens() > 0);
+    let resyncs = a.stats().resyncs;
+    redis.kill9();
+    redis.restart();
+    wait_until("subscribed again", || a.stats().resyncs > resyncs).await;
+    assert_eq!(a.leased_tokens(), 0, "no token from before the restart");
+    let waits = a.stats().limit_waits;
+    assert!(a.verify_key(&key, &none).await.is_valid());
+    assert_eq!(a.stats().limit_waits, waits + 1, "Redis was asked");
+}

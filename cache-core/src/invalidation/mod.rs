@@ -250,6 +250,10 @@ impl ApiKeyCache {
     pub(crate) fn resync(&self, first: bool) {
         self.clear_local();
         if !first {
+            // Redis may have restarted, and lost what it knew of this
+            // instance's token leases: their tokens are no longer charged
+            // there, so none is spent.
+            self.inner.limiter.leases.retire_all();
             let resyncs = self.inner.events.resyncs.fetch_add(1, Ordering::Relaxed) + 1;
             self.inner.audit.resync(resyncs);
         }

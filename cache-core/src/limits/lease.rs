@@ -35,7 +35,9 @@
 //!   ends at its `until`: its tokens count as spent then, and a month's
 //!   quota does not get them back.
 //! * **Faults.** A failed limiter call other than a timeout (a broken
-//!   connection, an error reply, the breaker open) bumps an epoch: every
+//!   connection, an error reply, the breaker open), or the event
+//!   subscriber's reconnection (Redis may have restarted empty, with no
+//!   limiter call in between to notice), bumps an epoch: every
 //!   lease granted before it stops answering (Redis may have lost what it
 //!   knew), so with Redis away every limited request goes to the
 //!   per-instance fallback (`limits.rs`), as without leases, and leases
@@ -57,10 +59,11 @@
 //! (*stranded* ones, if their traffic stopped): each at most
 //! `lease_max_tokens`, and at most what the script's shrinking allowed when
 //! they last refilled. Measured with three instances and a burst of exactly
-//! the limit that stops dead (`tests/leases.rs`): 2 to 25 of 1000 (a debug
-//! build), back to the fleet once their leases sit idle for `LEASE_IDLE`
-//! (a tenth of it near the limit, so 1 s by default), plus up to a second
-//! for the sweep; with demand continuing everywhere, none. `Retry-After` is exact when no other instance holds tokens (as
+//! the limit that stops dead (`tests/leases.rs`): 3 to 59 of 1000 (a debug
+//! build on a busy machine), back to the fleet once their leases sit idle
+//! for `LEASE_IDLE` (10 s), or a tenth of it for a lease whose last refill
+//! found the key near its limit, plus up to a second for the sweep:
+//! measured back after 3 to 13 s; with demand continuing everywhere, none. `Retry-After` is exact when no other instance holds tokens (as
 //! without leases); otherwise a token may free up sooner (they give theirs
 //! back) or later (they spend them later than now), and other clients may
 //! take it first, as with any shared limit.
