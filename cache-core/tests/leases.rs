@@ -818,3 +818,36 @@ async fn a_redis_restart_retires_the_leases() {
     assert!(a.verify_key(&key, &none).await.is_valid());
     assert_eq!(a.stats().limit_waits, waits + 1, "Redis was asked");
 }
+
+/// A limiter call that Redis answers with an error (here: out of memory)
+/// retires every lease of the instance, unlike a timeout: the per-instance
+/// fallback decides until Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_reply_retires_the_leases() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(1, || config(&redis)).await;
+    let none = RequiredScopes::none();
+    let a = &fleet.caches[0];
+    let (held, _) = fleet.key(1_000, Duration::from_secs(3600), |_| {});
+    let (other, _) = fleet.key(1_000, Duration::from_secs(3600), |_| {});
+    assert!(a.verify_key(&held, &none).await.is_valid());
+    // Its record in L1 too, before Redis stops taking writes.
+    assert!(a.verify_key(&other, &none).await.is_valid());
+    assert!(a.leased_tokens() > 0);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query(&mut redis.conn())
+        .unwrap();
+    // `other` runs its lease down: its refill is refused (OOM).
+    let errors = a.stats().l2_errors;
+    while a.stats().l2_errors == errors {
+        assert!(a.verify_key(&other, &none).await.is_valid());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.leased_tokens(), 0, "every lease retired");
+    let local = a.stats().limit_local_decisions;
+    assert!(a.verify_key(&held, &none).await.is_valid());
+    assert_eq!(a.stats().limit_local_decisions, local + 1);
+}
