@@ -16,6 +16,7 @@ use apikey_cache::{
     ApiKeyCache, BreakerState, CacheConfig, CacheConfigBuilder, HealthStatus, KeyId, KeyRecord,
     ManualClock, MemoryStore, Outcome, RateLimit, RequiredScopes, Scopes,
 };
+use support::hold_proxy::HoldProxy;
 use support::redis::RedisServer;
 use support::wait_until;
 use time::OffsetDateTime;
@@ -86,16 +87,50 @@ impl Fleet {
     /// Sends requests to instance `i` until one is refused; how many were
     /// admitted.
     async fn drain(&self, i: usize, key: &str) -> u64 {
+        drain(&self.caches[i], key).await
+    }
+
+    /// One more instance, on the fleet's store and clock, that reaches
+    /// Redis through a [`HoldProxy`]; `config` adjusts its settings.
+    async fn behind_proxy(
+        &self,
+        redis: &RedisServer,
+        config: impl FnOnce(CacheConfigBuilder) -> CacheConfigBuilder,
+    ) -> (ApiKeyCache, HoldProxy) {
+        let proxy = HoldProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+        let cache = ApiKeyCache::builder(self.store.clone())
+            .config(
+                config(self::config(redis).redis_url(proxy.url()))
+                    .build()
+                    .unwrap(),
+            )
+            .clock(self.clock.clone())
+            .build()
+            .unwrap();
+        wait_until("subscribed through the proxy", || cache.stats().subscribed).await;
+        (cache, proxy)
+    }
+
+    /// Drains `key` on the first instance and on `other`, a few times apart
+    /// (late calls landing between): how many were admitted.
+    async fn drain_with(&self, other: &ApiKeyCache, key: &str) -> u64 {
         let mut admitted = 0;
-        loop {
-            match self.caches[i]
-                .verify_key(key, &RequiredScopes::none())
-                .await
-            {
-                Outcome::Valid(_) => admitted += 1,
-                Outcome::RateLimited(_) | Outcome::QuotaExceeded { .. } => return admitted,
-                other => panic!("{other:?}"),
-            }
+        for _ in 0..3 {
+            admitted += self.drain(0, key).await + drain(other, key).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        admitted
+    }
+}
+
+/// Sends requests to `cache` until one is refused; how many were admitted.
+async fn drain(cache: &ApiKeyCache, key: &str) -> u64 {
+    let mut admitted = 0;
+    loop {
+        match cache.verify_key(key, &RequiredScopes::none()).await {
+            Outcome::Valid(_) => admitted += 1,
+            Outcome::RateLimited(_) | Outcome::QuotaExceeded { .. } => return admitted,
+            other => panic!("{other:?}"),
         }
     }
 }
@@ -581,16 +616,8 @@ async fn a_lapsed_lease_is_not_spent_and_one_in_use_is_renewed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waiting_when_its_lease_is_dropped_gets_its_token() {
     let redis = RedisServer::start();
-    let proxy =
-        support::hold_proxy::HoldProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap())
-            .await;
     let fleet = Fleet::start(1, || config(&redis)).await;
-    let b = ApiKeyCache::builder(fleet.store.clone())
-        .config(config(&redis).redis_url(proxy.url()).build().unwrap())
-        .clock(fleet.clock.clone())
-        .build()
-        .unwrap();
-    wait_until("b subscribed", || b.stats().subscribed).await;
+    let (b, proxy) = fleet.behind_proxy(&redis, |c| c).await;
     let none = RequiredScopes::none();
     let (key, record) = fleet.key(10, Duration::from_secs(3600), |_| {});
     // B holds a lease, then gives it back (idle for `LEASE_IDLE`): empty,
@@ -616,20 +643,7 @@ async fn a_request_waiting_when_its_lease_is_dropped_gets_its_token() {
     proxy.release();
     let outcome = waiting.await.unwrap();
     assert!(outcome.is_valid(), "{outcome:?}");
-    let mut admitted = 2;
-    for _ in 0..3 {
-        admitted += fleet.drain(0, &key).await;
-        let mut more = 0;
-        loop {
-            match b.verify_key(&key, &none).await {
-                Outcome::Valid(_) => more += 1,
-                Outcome::RateLimited(_) => break,
-                other => panic!("{other:?}"),
-            }
-        }
-        admitted += more;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let admitted = 2 + fleet.drain_with(&b, &key).await;
     assert_eq!(admitted, 10, "exactly the limit, no token wasted");
 }
 
@@ -670,16 +684,8 @@ async fn redis_knows_what_a_lease_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refill_landing_after_midnight_serves_no_june_request_from_may() {
     let redis = RedisServer::start();
-    let proxy =
-        support::hold_proxy::HoldProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap())
-            .await;
     let fleet = Fleet::start(1, || config(&redis)).await;
-    let b = ApiKeyCache::builder(fleet.store.clone())
-        .config(config(&redis).redis_url(proxy.url()).build().unwrap())
-        .clock(fleet.clock.clone())
-        .build()
-        .unwrap();
-    wait_until("b subscribed", || b.stats().subscribed).await;
+    let (b, proxy) = fleet.behind_proxy(&redis, |c| c).await;
     let none = RequiredScopes::none();
     let (key, record) = fleet.key(1, Duration::from_secs(1), |r| {
         r.rate_limit = None;
@@ -733,22 +739,10 @@ async fn a_refill_landing_after_midnight_serves_no_june_request_from_may() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refill_that_times_out_keeps_the_lease() {
     let redis = RedisServer::start();
-    let proxy =
-        support::hold_proxy::HoldProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap())
-            .await;
     let fleet = Fleet::start(1, || config(&redis)).await;
-    let b = ApiKeyCache::builder(fleet.store.clone())
-        .config(
-            config(&redis)
-                .redis_url(proxy.url())
-                .redis_timeout(Duration::from_millis(100))
-                .build()
-                .unwrap(),
-        )
-        .clock(fleet.clock.clone())
-        .build()
-        .unwrap();
-    wait_until("b subscribed", || b.stats().subscribed).await;
+    let (b, proxy) = fleet
+        .behind_proxy(&redis, |c| c.redis_timeout(Duration::from_millis(100)))
+        .await;
     let none = RequiredScopes::none();
     let (key, _) = fleet.key(10, Duration::from_secs(3600), |_| {});
     assert!(b.verify_key(&key, &none).await.is_valid());
@@ -780,19 +774,7 @@ async fn a_refill_that_times_out_keeps_the_lease() {
     proxy.release();
     // Exactly the limit, over both instances, once the late call landed.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..3 {
-        admitted += fleet.drain(0, &key).await;
-        let mut more = 0;
-        loop {
-            match b.verify_key(&key, &none).await {
-                Outcome::Valid(_) => more += 1,
-                Outcome::RateLimited(_) => break,
-                other => panic!("{other:?}"),
-            }
-        }
-        admitted += more;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    admitted += fleet.drain_with(&b, &key).await;
     assert_eq!(admitted, 10, "exactly the limit");
     assert_eq!(b.stats().limit_local_decisions, 0);
 }
