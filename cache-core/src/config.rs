@@ -787,6 +787,9 @@ mod tests {
         assert_eq!(c.negative_ttl, Duration::from_secs(5));
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret") && !dbg.contains("pw@"), "{dbg}");
+        // Every setting is shown, secrets as redacted.
+        assert!(dbg.contains(r#"pepper: Some("<redacted>")"#), "{dbg}");
+        assert!(dbg.contains("lease_idle: 10s"), "{dbg}");
     }
 
     #[test]
