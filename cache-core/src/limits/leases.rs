@@ -1,8 +1,8 @@
 //! Every token lease of this instance (`lease.rs` says what a lease is):
 //! the one an L1 entry gets, the epoch that retires them all when Redis
-//! fails, and when they are dropped or given back: by invalidations,
-//! shutdown, and a sweep once a second (leases no entry uses, idle ones,
-//! ones about to lapse).
+//! fails or may have lost them, the cap on background refills, and when
+//! leases are dropped or given back: by invalidations, shutdown, and a
+//! sweep once a second (leases no entry uses, idle ones).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
