@@ -372,16 +372,11 @@ mod tests {
     use time::macros::datetime;
 
     fn limiter() -> Limiter {
-        let settings = LeaseSettings {
-            enabled: true,
-            max_tokens: 1000,
-            refill_threshold: 50,
-            prefix: "p:".into(),
-            instance_id: "i".into(),
-            patience: Duration::from_millis(100),
-            idle: Duration::from_secs(10),
-        };
-        Limiter::new(settings, None, Arc::new(crate::SystemClock))
+        Limiter::new(
+            LeaseSettings::for_tests(),
+            None,
+            Arc::new(crate::SystemClock),
+        )
     }
 
     fn record(limit: Option<(u32, u64)>, quota: Option<u64>) -> KeyRecord {

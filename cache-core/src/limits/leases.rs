@@ -61,6 +61,22 @@ pub(crate) struct LeaseSettings {
     pub(crate) idle: Duration,
 }
 
+#[cfg(test)]
+impl LeaseSettings {
+    /// The defaults, for unit tests without a cache around them.
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            enabled: true,
+            max_tokens: 1000,
+            refill_threshold: 50,
+            prefix: "p:".into(),
+            instance_id: "i".into(),
+            patience: Duration::from_millis(100),
+            idle: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Every lease of this instance, by key hash, and what they need to reach
 /// Redis.
 pub(crate) struct Leases {
@@ -381,17 +397,8 @@ mod tests {
     use crate::ManualClock;
 
     fn leases(clock: Arc<ManualClock>) -> Arc<Leases> {
-        let settings = LeaseSettings {
-            enabled: true,
-            max_tokens: 1000,
-            refill_threshold: 50,
-            prefix: "p:".into(),
-            instance_id: "i".into(),
-            patience: Duration::from_millis(100),
-            idle: Duration::from_secs(10),
-        };
         Arc::new(Leases::new(
-            settings,
+            LeaseSettings::for_tests(),
             Arc::new(LimitScript::new()),
             None,
             clock,
